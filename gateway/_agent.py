@@ -24,12 +24,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Self
 
-import aiohttp
 import orjson
 
 from gateway._backends import BackendPool
 from gateway._config import AgentConfig, GatewayConfig, parse_config
 from gateway._convert import input_items
+from gateway._http import HttpClient
 from gateway._logging import rollout_id_var
 from gateway._metrics import GatewayMetrics
 from gateway._model_client import ModelClient
@@ -106,7 +106,7 @@ def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 
 class GatewayCore:
-    """All agents of one gateway over one shared aiohttp session (an async context manager).
+    """All agents of one gateway over one shared HTTP client (an async context manager).
 
     Routing is hot-swappable (``apply_config``, ``set_route``): each rollout takes the current route when it
     starts and keeps it to the end. ``begin_drain`` stops new work for a graceful shutdown.
@@ -115,7 +115,7 @@ class GatewayCore:
     def __init__(self, config: GatewayConfig, *, metrics: GatewayMetrics | None = None) -> None:
         self._config = config
         self.metrics = metrics if metrics is not None else GatewayMetrics()
-        self._session: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
         self._pool = BackendPool(self.metrics)
         # What each verifier URL last said about sessions; kept across route swaps, like the backend pool.
         self.session_hints = SessionHints()
@@ -134,12 +134,7 @@ class GatewayCore:
         return self._config
 
     async def start(self) -> None:
-        # limit=0: aiohttp's default of 100 connections would silently cap in-flight calls.
-        # DummyCookieJar: cookies are per rollout (ResourcesSession), never shared through this session.
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), cookie_jar=aiohttp.DummyCookieJar(),
-            json_serialize=lambda o: orjson.dumps(o).decode(),
-        )
+        self._http = HttpClient()
         try:
             self._routes = self._build(self._config)
         except BaseException:
@@ -153,7 +148,7 @@ class GatewayCore:
         for name, cfg in config.agents.items():
             old = self._routes.get(name)
             warned = old.model.warned if old is not None else None
-            model = ModelClient(name, cfg, self.session, self._pool, self.metrics, warned)
+            model = ModelClient(name, cfg, self.http, self._pool, self.metrics, warned)
             token = _env_secret(cfg.verifier_token_env, f"agents.{name}.verifier_token_env")
             routes[name] = Route(name, cfg, model, token, self._generation)
         return routes
@@ -190,9 +185,9 @@ class GatewayCore:
         return config.agents[agent]
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -202,10 +197,10 @@ class GatewayCore:
         await self.aclose()
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def http(self) -> HttpClient:
+        if self._http is None:
             raise RuntimeError("GatewayCore is not started; use 'async with GatewayCore(config)'")
-        return self._session
+        return self._http
 
     @property
     def pool(self) -> BackendPool:
@@ -286,7 +281,7 @@ class GatewayCore:
         except ValueError as exc:
             raise InputError(f"responses_create_params: {exc}", kind="invalid_request", attempts=0) from None
         out.params = params
-        resources = ResourcesSession(self.session, agent.verifier_url, agent, metrics=self.metrics,
+        resources = ResourcesSession(self.http, agent.verifier_url, agent, metrics=self.metrics,
                                      token=route.verifier_token, hints=self.session_hints)
         run.stage = "verify"
         t0 = time.perf_counter()

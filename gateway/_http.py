@@ -1,7 +1,12 @@
-"""One JSON POST over the shared aiohttp session, with failures turned into ``RolloutFailure``.
+"""One JSON POST, over the gateway's shared HTTP client, with failures turned into ``RolloutFailure``.
 
 Callers decide what a status means (a 404 is fine for ``/close_session``, a tool's 500 is the model's problem),
 so ``post`` returns every HTTP answer and raises only when there is no answer: ``connection`` or ``timeout``.
+
+``HttpClient`` sends plain ``http://`` URLs through the small keep-alive client in ``_h1`` (the hot path: model
+servers and verifiers inside a cluster) and ``https://`` ones through aiohttp (TLS, e.g. a hosted OpenAI
+endpoint). ``ROLLGATE_HTTP_CLIENT=aiohttp`` sends everything through aiohttp, should a server and ``_h1``
+ever disagree.
 """
 
 from __future__ import annotations
@@ -9,15 +14,17 @@ from __future__ import annotations
 import asyncio
 import datetime
 import email.utils
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
+from gateway._h1 import H1Client, H1Error, H1Timeout, H1Unsendable
 from gateway.errors import RolloutFailure
 
-__all__ = ["Answer", "error_text", "parse_object", "post", "raise_for_status", "retry_after_s"]
+__all__ = ["Answer", "HttpClient", "error_text", "parse_object", "raise_for_status", "retry_after_s"]
 
 _JSON = {"Content-Type": "application/json"}
 
@@ -33,40 +40,73 @@ class Answer:
     cookies: dict[str, str]
 
 
-def _header_map(resp: aiohttp.ClientResponse) -> dict[str, str]:
-    return {k.lower(): v for k, v in resp.headers.items()}
+class HttpClient:
+    """The gateway's one HTTP client (an async context manager): ``_h1`` for http://, aiohttp for https://."""
 
+    def __init__(self, *, plain_via_aiohttp: bool | None = None) -> None:
+        if plain_via_aiohttp is None:
+            plain_via_aiohttp = os.environ.get("ROLLGATE_HTTP_CLIENT", "").strip().lower() == "aiohttp"
+        self._h1 = None if plain_via_aiohttp else H1Client()
+        self._session: aiohttp.ClientSession | None = None
 
-async def post(
-    session: aiohttp.ClientSession,
-    url: str,
-    body: Any,
-    *,
-    error: type[RolloutFailure],
-    timeout_s: float,
-    headers: dict[str, str] | None = None,
-) -> Answer:
-    """POST ``body`` as JSON; raise ``error`` (kind connection/timeout) when no answer comes back."""
-    data = orjson.dumps(body)
-    hdrs = {**_JSON, **headers} if headers else _JSON
-    try:
-        async with session.post(
-            url, data=data, headers=hdrs, timeout=aiohttp.ClientTimeout(total=timeout_s)
-        ) as resp:
-            raw = await resp.read()
-            # Most answers set no cookie; skip building the (http.cookies) jar for them.
-            cookies = ({name: morsel.value for name, morsel in resp.cookies.items()}
-                       if "Set-Cookie" in resp.headers else {})
-            return Answer(url, resp.status, _header_map(resp), raw, cookies)
-    except asyncio.TimeoutError:
-        # aiohttp's own timeouts; a cancellation from the rollout deadline is CancelledError and passes through.
-        raise error(f"POST {url}: no answer within {timeout_s:g}s", kind="timeout", url=url) from None
-    except aiohttp.ClientConnectorError as exc:
-        # The connection was never made, so the request was never sent: even a non-idempotent call may be resent.
-        raise error(f"POST {url}: {type(exc).__name__}: {exc}", kind="connection", url=url,
-                    reached=False) from None
-    except aiohttp.ClientError as exc:
-        raise error(f"POST {url}: {type(exc).__name__}: {exc}", kind="connection", url=url) from None
+    def _aiohttp(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # limit=0: aiohttp's default of 100 connections would silently cap in-flight calls.
+            # DummyCookieJar: cookies are per rollout (ResourcesSession), never shared through this session.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), cookie_jar=aiohttp.DummyCookieJar())
+        return self._session
+
+    async def close(self) -> None:
+        if self._h1 is not None:
+            await self._h1.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def post(self, url: str, body: Any, *, error: type[RolloutFailure], timeout_s: float,
+                   headers: dict[str, str] | None = None) -> Answer:
+        """POST ``body`` as JSON; raise ``error`` (kind connection/timeout) when no answer comes back."""
+        data = orjson.dumps(body)
+        if self._h1 is not None and url.startswith("http://"):
+            try:
+                status, hdrs, cookies, raw = await self._h1.post(url, data, headers or {}, timeout_s=timeout_s)
+            except H1Unsendable as exc:
+                raise error(f"POST {url}: {exc}", kind="invalid_request", url=url, reached=False) from None
+            except H1Timeout:
+                raise error(f"POST {url}: no answer within {timeout_s:g}s", kind="timeout", url=url) from None
+            except H1Error as exc:
+                raise error(f"POST {url}: {exc}", kind="connection", url=url, reached=exc.sent) from None
+            return Answer(url, status, hdrs, raw, cookies)
+        return await self._post_aiohttp(url, data, error=error, timeout_s=timeout_s, headers=headers)
+
+    async def _post_aiohttp(self, url: str, data: bytes, *, error: type[RolloutFailure], timeout_s: float,
+                            headers: dict[str, str] | None) -> Answer:
+        hdrs = {**_JSON, **headers} if headers else _JSON
+        try:
+            async with self._aiohttp().post(
+                url, data=data, headers=hdrs, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as resp:
+                raw = await resp.read()
+                # Most answers set no cookie; skip building the (http.cookies) jar for them.
+                cookies = ({name: morsel.value for name, morsel in resp.cookies.items()}
+                           if "Set-Cookie" in resp.headers else {})
+                return Answer(url, resp.status, {k.lower(): v for k, v in resp.headers.items()}, raw, cookies)
+        except asyncio.TimeoutError:
+            # aiohttp's own timeouts; a cancellation from the rollout deadline is CancelledError and passes through.
+            raise error(f"POST {url}: no answer within {timeout_s:g}s", kind="timeout", url=url) from None
+        except aiohttp.ClientConnectorError as exc:
+            # The connection was never made, so the request was never sent: even a non-idempotent call may be resent.
+            raise error(f"POST {url}: {type(exc).__name__}: {exc}", kind="connection", url=url,
+                        reached=False) from None
+        except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a header value aiohttp refuses to send
+            raise error(f"POST {url}: {type(exc).__name__}: {exc}", kind="connection", url=url) from None
 
 
 def error_text(ans: Answer, limit: int = 500) -> str:

@@ -4,7 +4,7 @@ Replicas (several ``base_urls``) are chosen by ``BackendPool`` (least in flight,
 retry prefers another replica. Parameters that the chat backend has no slot for are dropped with one warning
 per agent and parameter, never one per rollout.
 
-    client = ModelClient("my_agent", agent_cfg, session, pool)
+    client = ModelClient("my_agent", agent_cfg, http, pool)
     response, attempts = await client.create({"model": "m", "input": "hi"})
 """
 
@@ -14,12 +14,10 @@ import logging
 import os
 from typing import Any
 
-import aiohttp
-
 from gateway._backends import BackendPool, Result
 from gateway._config import AgentConfig
 from gateway._convert import chat_to_response, responses_to_chat
-from gateway._http import parse_object, post, raise_for_status
+from gateway._http import HttpClient, parse_object, raise_for_status
 from gateway._metrics import GatewayMetrics
 from gateway._retry import call_with_retry
 from gateway.errors import ConfigError, ModelError, RolloutFailure
@@ -30,14 +28,14 @@ log = logging.getLogger("gateway.model")
 
 
 class ModelClient:
-    """One agent's model endpoint over the gateway's shared session."""
+    """One agent's model endpoint over the gateway's shared HTTP client."""
 
-    def __init__(self, agent: str, cfg: AgentConfig, session: aiohttp.ClientSession,
+    def __init__(self, agent: str, cfg: AgentConfig, http: HttpClient,
                  pool: BackendPool | None = None, metrics: GatewayMetrics | None = None,
                  warned: set[str] | None = None) -> None:
         self.agent = agent
         self.cfg = cfg
-        self._session = session
+        self._http = http
         self._pool = pool if pool is not None else BackendPool(metrics)
         self._metrics = metrics
         self._urls = [u.rstrip("/") for u in cfg.model.base_urls]
@@ -81,7 +79,7 @@ class ModelClient:
             last[:] = [backend.url]
             result: Result = "neutral"
             try:
-                ans = await post(self._session, backend.url + path, body, error=ModelError,
+                ans = await self._http.post(backend.url + path, body, error=ModelError,
                                  timeout_s=timeout_s, headers=self._headers)
                 raise_for_status(ans, ModelError)
                 result = "ok"

@@ -2,7 +2,9 @@
 
 A directory is watched as a whole: a Kubernetes ConfigMap mount updates by swapping its hidden ``..data``
 symlink, which changes no visible file's mtime, so any event in the directory triggers a reload, and a reload
-that yields the config already in force changes nothing. An invalid config is refused with its reason in the
+that yields the config already in force changes nothing. A single file is watched through its folder, but only
+events for that file (or the kubelet's ``..``-named entries beside it, or the file a symlink points to) reload:
+the folder may be a working directory where a collector writes rollouts many times a second. An invalid config is refused with its reason in the
 log (and ``rollgate_gateway_route_rejections_total``); the old routes stay.
 
     reloader = ConfigReloader(core, "/etc/rollgate/agents")
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import watchfiles
@@ -53,8 +56,22 @@ class ConfigReloader:
             return True
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Reload on every change under the watched directory until ``stop`` is set."""
-        target = self.path if self.path.is_dir() else self.path.parent
-        async for _ in watchfiles.awatch(target, stop_event=stop, debounce=200, step=50, recursive=True,
-                                         watch_filter=None):
+        """Reload on every relevant change until ``stop`` is set."""
+        if self.path.is_dir():
+            targets, recursive, relevant = [self.path], True, None
+        else:
+            file, real = self.path.absolute(), self.path.resolve()
+            targets, recursive, relevant = sorted({file.parent, real.parent}), False, _file_filter(file, real)
+        async for _ in watchfiles.awatch(*targets, stop_event=stop, debounce=200, step=50, recursive=recursive,
+                                         watch_filter=relevant):
             await self.reload("file")
+
+
+def _file_filter(file: Path, real: Path) -> Callable[[watchfiles.Change, str], bool]:
+    """Events that can change a single config file: the file, its symlink's target, the kubelet's ``..`` entries."""
+
+    def relevant(_change: watchfiles.Change, changed: str) -> bool:
+        path = Path(changed)
+        return path in (file, real) or path.name.startswith("..")
+
+    return relevant

@@ -11,7 +11,7 @@ server without the header (any third-party one) gets the full protocol. If a hot
 needs a session after the seed was skipped, ``/verify`` answers 400 with ``X-Rollgate-Session: required``: the
 session is then seeded and ``/verify`` asked once more, so that rollout is scored properly, and later ones seed.
 
-    rs = ResourcesSession(session, "http://127.0.0.1:8001", cfg, hints=hints)
+    rs = ResourcesSession(http, "http://127.0.0.1:8001", cfg, hints=hints)
     await rs.open(uses_tools=True); text = await rs.call_tool("add", '{"a": 1, "b": 2}')
     verdict, attempts = await rs.verify(body); await rs.close()
 """
@@ -23,11 +23,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 
 from gateway._config import AgentConfig
-from gateway._http import Answer, error_text, parse_object, post, raise_for_status
+from gateway._http import Answer, HttpClient, error_text, parse_object, raise_for_status
 from gateway._metrics import GatewayMetrics
 from gateway._retry import call_with_retry, never_reached
 from gateway.errors import ToolError, VerifyError
@@ -78,10 +77,10 @@ def _json_text(data: Any) -> str:
 class ResourcesSession:
     """The resources-server side of one rollout; not shared between rollouts."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, cfg: AgentConfig, *,
+    def __init__(self, http: HttpClient, base_url: str, cfg: AgentConfig, *,
                  metrics: GatewayMetrics | None = None, token: str | None = None,
                  hints: SessionHints | None = None) -> None:
-        self._session = session
+        self._http = http
         self._base = base_url.rstrip("/")
         self._cfg = cfg
         self._metrics = metrics
@@ -98,7 +97,7 @@ class ResourcesSession:
 
     async def _post(self, path: str, body: Any, *, error: type[ToolError] | type[VerifyError],
                     timeout_s: float) -> Answer:
-        ans = await post(self._session, f"{self._base}/{path}", body, error=error, timeout_s=timeout_s,
+        ans = await self._http.post(f"{self._base}/{path}", body, error=error, timeout_s=timeout_s,
                          headers=self._headers())
         if ans.cookies:
             self._cookies.update(ans.cookies)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -100,6 +102,24 @@ async def test_admin_needs_its_own_token_and_is_off_without_one(
         assert orjson.loads(route.route_json)["verifier_url"] == fake_resources.url
 
 
+@asynccontextmanager
+async def _old_and_new_verifiers() -> AsyncIterator[
+        tuple[Callable[[str], str], FakeResourcesServer, FakeResourcesServer]]:
+    """A fake model, two verifiers, and the gateway config (YAML) that routes to one of them."""
+    async with FakeModelServer() as model, FakeResourcesServer(version="old") as old, \
+            FakeResourcesServer(version="new") as new:
+        def body(verifier: str) -> str:
+            return yaml.safe_dump(make_config(model.base_url, verifier).model_dump(mode="json"))
+
+        yield body, old, new
+
+
+async def _wait_for_verifier(stub: pb_grpc.GatewayStub, url: str) -> None:
+    async with asyncio.timeout(20):
+        while (await stub.ListAgents(pb.ListAgentsRequest())).agents[0].verifier_url != url:
+            await asyncio.sleep(0.05)
+
+
 def _write_configmap(mount: Path, version: int, body: str) -> None:
     """Update a directory the way the kubelet updates a ConfigMap volume: new ..data dir, atomic symlink swap."""
     data = mount / f"..{version}"
@@ -114,10 +134,7 @@ def _write_configmap(mount: Path, version: int, body: str) -> None:
 
 
 async def test_configmap_directory_update_hot_swaps_and_a_bad_one_is_refused(tmp_path: Path) -> None:
-    async with FakeModelServer() as model, FakeResourcesServer(version="old") as old, \
-            FakeResourcesServer(version="new") as new:
-        def body(verifier: str) -> str:
-            return yaml.safe_dump(make_config(model.base_url, verifier).model_dump(mode="json"))
+    async with _old_and_new_verifiers() as (body, old, new):
 
         mount = tmp_path / "agents"
         mount.mkdir()
@@ -130,15 +147,48 @@ async def test_configmap_directory_update_hot_swaps_and_a_bad_one_is_refused(tmp
             try:
                 await asyncio.sleep(0.3)  # let the watcher arm
                 _write_configmap(mount, 2, body(new.url))
-                async with asyncio.timeout(20):
-                    while (await gw.stub.ListAgents(pb.ListAgentsRequest())).agents[0].verifier_url != new.url:
-                        await asyncio.sleep(0.05)
+                await _wait_for_verifier(gw.stub, new.url)
                 _write_configmap(mount, 3, "agents:\n  a:\n    model: {base_urls: [], name: x}\n    verifier_url: v\n")
                 async with asyncio.timeout(20):
                     while value(await scrape(gw.metrics_url), "rollgate_gateway_route_rejections_total",
                                 source="file") < 1:
                         await asyncio.sleep(0.05)
                 assert (await gw.stub.ListAgents(pb.ListAgentsRequest())).agents[0].verifier_url == new.url
+            finally:
+                stop.set()
+                await asyncio.gather(watcher, return_exceptions=True)
+
+
+async def test_a_config_file_reloads_for_its_own_changes_not_for_files_written_beside_it(tmp_path: Path) -> None:
+    # A user's working folder: the gateway config and the rollouts a collector writes many times a second.
+    async with _old_and_new_verifiers() as (body, old, new):
+
+        config = tmp_path / "gateway.yaml"
+        config.write_text(body(old.url))
+        async with live_gateway(gateway.load_config(config)) as gw:
+            reloader = ConfigReloader(gw.core, config)
+            reloads: list[str] = []
+            real_reload = reloader.reload
+
+            async def counting(source: str) -> bool:
+                reloads.append(source)
+                return await real_reload(source)
+
+            reloader.reload = counting  # type: ignore[method-assign]
+            stop = asyncio.Event()
+            watcher = asyncio.create_task(reloader.watch(stop))
+            try:
+                await asyncio.sleep(0.3)  # let the watcher arm
+                with (tmp_path / "rollouts.jsonl").open("a") as out:
+                    for i in range(20):
+                        out.write(f'{{"i": {i}}}\n')
+                        out.flush()
+                        await asyncio.sleep(0.05)
+                await asyncio.sleep(0.6)  # past the debounce: any reload would have happened by now
+                assert reloads == []
+                config.write_text(body(new.url))
+                await _wait_for_verifier(gw.stub, new.url)
+                assert reloads
             finally:
                 stop.set()
                 await asyncio.gather(watcher, return_exceptions=True)
