@@ -321,7 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="fixed latency, or the median of --latency-dist")
     parser.add_argument("--latency-dist", choices=["fixed", "lognormal"], default="fixed")
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.port, latency_distribution(args.latency_ms, args.latency_dist)))
+    try:  # as a process (benchmarks), the fake runs on uvloop when it can, like the services it stands beside
+        import uvloop
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    except ImportError:
+        factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_serve(args.port, latency_distribution(args.latency_ms, args.latency_dist)))
     return 0
 
 

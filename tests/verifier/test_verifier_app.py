@@ -276,6 +276,12 @@ async def test_tools_errors(serve: Any, user_module: WriteModule) -> None:
         # Closing again is harmless.
         status, _ = await _post(http, f"{server.url}/close_session", None, raw=b"")
         assert status == 200
+        # Known tools are answered by the fast path, unknown ones by FastAPI: both count under endpoint "tool".
+        async with http.get(f"{server.url}/metrics") as resp:
+            text = await resp.text()
+        for outcome, n in (("ok", 1), ("invalid_session", 2), ("unknown_tool", 1), ("invalid_request", 1),
+                           ("tool_exception", 1)):
+            assert f'rollgate_verifier_requests_total{{endpoint="tool",outcome="{outcome}"}} {n}.0' in text
 
 
 async def test_version_header_changes_with_the_source(serve: Any, http: aiohttp.ClientSession,
