@@ -121,7 +121,10 @@ def running_stack(*, latency_ms: float = 0.0, model_args: list[str] | None = Non
             verif, v_ready = start("-m", "verifier", "serve", verifier, "--port", "0")
             config = {"agents": {"bench": {
                 "kind": kind,
-                "model": {"base_urls": [m_ready["url"]], "name": "fake", "api": "chat_completions"},
+                # The fake has no batch limit; the default ceiling of 256 calls per replica (vLLM's max_num_seqs)
+                # would cap the parallelism-1000 scenarios at 256 model calls in flight.
+                "model": {"base_urls": [m_ready["url"]], "name": "fake", "api": "chat_completions",
+                          "max_concurrency": 4096},
                 "verifier_url": v_ready["url"],
                 "max_steps": 8,
             }}}
@@ -168,8 +171,7 @@ def collect(stack: Stack, tasks: Path, parallel: int, out: Path) -> dict[str, An
     collector = Watched("collector", psutil.Process(proc.pid))
     watched = [collector, stack.model, stack.verifier, stack.gateway_proc]
     with Sampler(watched):
-        while proc.poll() is None:
-            time.sleep(0.05)
+        proc.wait()  # not a polling loop: its granularity would add up to 50 ms to every wall time
     wall = time.perf_counter() - t0
     # The collector is the only child reaped in this window, so the children's rusage delta is exactly its CPU.
     usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
