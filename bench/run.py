@@ -140,16 +140,17 @@ def _write(results: list[dict[str, Any]], command: str) -> None:
         f"{platform.python_version()}, 2 cores shared by all processes). Medians over the repeats shown.",
         "All four processes (fake model, verifier, gateway, collector) run on this one box.",
         "",
-        "| scenario | model latency | parallelism | rollouts | rollouts/s | latency hiding | p50 ms | p99 ms | "
+        "| scenario | model latency | parallelism | rollouts | rollouts/s | latency hiding | start-up s | p50 ms | "
+        "p99 ms | "
         "CPU ms/rollout (all) | CPU s/1k: collector / gateway / verifier / model | "
         "peak RSS MB: collector / gateway / verifier |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c, m = r["cpu_s_per_1k"], r["peak_rss_mb"]
         lines.append(
             f"| {r['name']} | {r['latency_ms']} ms {r.get('dist', 'fixed')} | {r['parallel']} | {r['rollouts']:.0f} | "
-            f"{r['rollouts_per_s']:.0f} | {_hiding(r, results)} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['cpu_ms_per_rollout_total']:.2f} | "
+            f"{r['rollouts_per_s']:.0f} | {_hiding(r, results)} | {r.get('startup_s', float('nan')):.2f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['cpu_ms_per_rollout_total']:.2f} | "
             f"{c['collector']:.2f} / {c['gateway']:.2f} / {c['verifier']:.2f} / {c['model']:.2f} | "
             f"{m['collector']:.0f} / {m['gateway']:.0f} / {m['verifier']:.0f} |"
         )
@@ -160,6 +161,35 @@ def _write(results: list[dict[str, Any]], command: str) -> None:
                      + ", ".join(f"{k} {v:+.1f}%" for k, v in r["rss_drift_pct"].items()) + ".")
     replace_section(HERE / "RESULTS.md", "pipeline", "\n".join(lines))
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _chart(results: list[dict[str, Any]]) -> None:
+    """bench/throughput.png: rollouts/s against parallelism, one line per scenario (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install 'rollgate[bench]'): no chart", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in results:
+        if r["name"] in ("overhead", "latency", "longtail"):
+            label = f"{r['name']} ({r['latency_ms']} ms {r.get('dist', 'fixed')})"
+            series.setdefault(label, []).append((r["parallel"], r["rollouts_per_s"]))
+    for label, points in series.items():
+        points.sort()
+        ax.plot([p for p, _ in points], [v for _, v in points], marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("num_samples_in_parallel")
+    ax.set_ylabel("rollouts / s")
+    ax.set_title("rollgate end to end on one 2-core box (fake model, exact_match)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(HERE / "throughput.png", dpi=110)
 
 
 def main() -> int:

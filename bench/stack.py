@@ -184,7 +184,11 @@ def collect(stack: Stack, tasks: Path, parallel: int, out: Path) -> dict[str, An
     if proc.returncode != 0 or rewarded != n:
         raise RuntimeError(f"collector exit {proc.returncode}; {rewarded}/{n} rows with reward 1.0 ({out})")
     cpu = {w.name: (collector_cpu if w is collector else w.cpu() - w.cpu0) for w in watched}
+    # The manifest's wall time starts when the first rollout may be sent: the rest is the collector's start-up
+    # (interpreter, imports, the input check, asking the gateway for its agents).
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
     return {
+        "startup_s": wall - float(manifest["wall_s"]),
         "rollouts": n,
         "exit": proc.returncode,
         "wall_s": wall,
@@ -207,32 +211,3 @@ def replace_section(path: Path, name: str, body: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
-
-
-def _chart(results: list[dict[str, Any]]) -> None:
-    """bench/throughput.png: rollouts/s against parallelism, one line per scenario (needs matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install 'rollgate[bench]'): no chart", file=sys.stderr)
-        return
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    series: dict[str, list[tuple[int, float]]] = {}
-    for r in results:
-        if r["name"] in ("overhead", "latency", "longtail"):
-            label = f"{r['name']} ({r['latency_ms']} ms {r.get('dist', 'fixed')})"
-            series.setdefault(label, []).append((r["parallel"], r["rollouts_per_s"]))
-    for label, points in series.items():
-        points.sort()
-        ax.plot([p for p, _ in points], [v for _, v in points], marker="o", label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("num_samples_in_parallel")
-    ax.set_ylabel("rollouts / s")
-    ax.set_title("rollgate end to end on one 2-core box (fake model, exact_match)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(HERE / "throughput.png", dpi=110)

@@ -99,7 +99,7 @@ class _Servicer(pb_grpc.GatewayServicer):
 _BREAK = "break"
 
 
-class _TokenCheck(grpc.aio.ServerInterceptor):
+class _TokenCheck(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no stubs here
     """Refuses any call without ``authorization: Bearer <token>``, as the gateway's auth interceptor does."""
 
     def __init__(self, token: str) -> None:

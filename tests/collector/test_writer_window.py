@@ -22,7 +22,7 @@ async def test_byte_cap_holds_back_new_rollouts_but_never_the_head(tmp_path: Pat
         waiting = asyncio.create_task(writer.wait_for_room(5))
         await asyncio.sleep(0.05)
         assert not waiting.done(), "over the byte cap, a new rollout waits"
-        await asyncio.wait_for(writer.wait_for_room(0), 1), "the straggler itself is always admitted"
+        await asyncio.wait_for(writer.wait_for_room(0), 1)  # the straggler itself is always admitted
         writer.add(0, _row(0), True, size=8)
         await asyncio.wait_for(waiting, 5)
         assert writer.buffered_bytes == 0 and writer.written == 4

@@ -155,7 +155,7 @@ def _assert_selection(code: str, work: Path) -> None:
 
 
 def _means(path: Path) -> float:
-    rewards = [r["reward"] for r in _rows(path)]
+    rewards = [float(r["reward"]) for r in _rows(path)]
     return sum(rewards) / len(rewards)
 
 
