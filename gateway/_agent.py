@@ -35,6 +35,7 @@ from gateway._metrics import GatewayMetrics
 from gateway._model_client import ModelClient
 from gateway._outcome import RolloutErrorInfo, RolloutOutcome, RolloutRequest, Timings
 from gateway._resources import ResourcesSession, SessionHints
+from gateway._verify_batch import VerifyBatches
 from gateway.errors import ConfigError, InputError, RolloutFailure, UnknownAgentError
 
 __all__ = ["GatewayCore", "Route", "RolloutErrorInfo", "RolloutOutcome", "RolloutRequest", "Timings"]
@@ -116,6 +117,8 @@ class GatewayCore:
         self._config = config
         self.metrics = metrics if metrics is not None else GatewayMetrics()
         self._http: HttpClient | None = None
+        # /verify of sessionless rollouts in batches (rollgate verifiers); ROLLGATE_VERIFY_BATCH=off sends each alone.
+        self.verify_batches: VerifyBatches | None = None
         self._pool = BackendPool(self.metrics)
         # What each verifier URL last said about sessions; kept across route swaps, like the backend pool.
         self.session_hints = SessionHints()
@@ -135,6 +138,8 @@ class GatewayCore:
 
     async def start(self) -> None:
         self._http = HttpClient()
+        if os.environ.get("ROLLGATE_VERIFY_BATCH", "on").strip().lower() not in ("0", "off", "false", "no"):
+            self.verify_batches = VerifyBatches(self._http)
         try:
             self._routes = self._build(self._config)
         except BaseException:
@@ -282,7 +287,8 @@ class GatewayCore:
             raise InputError(f"responses_create_params: {exc}", kind="invalid_request", attempts=0) from None
         out.params = params
         resources = ResourcesSession(self.http, agent.verifier_url, agent, metrics=self.metrics,
-                                     token=route.verifier_token, hints=self.session_hints)
+                                     token=route.verifier_token, hints=self.session_hints,
+                                     batches=self.verify_batches)
         run.stage = "verify"
         t0 = time.perf_counter()
         # Only a tool-calling rollout that offers the model tools will call the server's tools.

@@ -11,6 +11,9 @@ server without the header (any third-party one) gets the full protocol. If a hot
 needs a session after the seed was skipped, ``/verify`` answers 400 with ``X-Rollgate-Session: required``: the
 session is then seeded and ``/verify`` asked once more, so that rollout is scored properly, and later ones seed.
 
+Batching: such a sessionless rollout's ``/verify`` goes through ``VerifyBatches`` (``POST /verify_batch`` with the
+rollouts that finished together) when the verifier also says ``X-Rollgate-Verify-Batch: N``.
+
     rs = ResourcesSession(http, "http://127.0.0.1:8001", cfg, hints=hints)
     await rs.open(uses_tools=True); text = await rs.call_tool("add", '{"a": 1, "b": 2}')
     verdict, attempts = await rs.verify(body); await rs.close()
@@ -29,6 +32,7 @@ from gateway._config import AgentConfig
 from gateway._http import Answer, HttpClient, error_text, parse_object, raise_for_status
 from gateway._metrics import GatewayMetrics
 from gateway._retry import call_with_retry, never_reached
+from gateway._verify_batch import BATCH_HEADER, VerifyBatches
 from gateway.errors import ToolError, VerifyError
 
 __all__ = ["SESSION_HEADER", "ResourcesSession", "SessionHints", "Verdict"]
@@ -57,9 +61,14 @@ class SessionHints:
 
     def __init__(self) -> None:
         self._sessionless: set[str] = set()
+        self._batch: dict[str, int] = {}
 
     def sessionless(self, base_url: str) -> bool:
         return base_url in self._sessionless
+
+    def batch_limit(self, base_url: str) -> int:
+        """How many ``/verify`` bodies the verifier takes in one ``/verify_batch`` (0: it has no such route)."""
+        return self._batch.get(base_url, 0)
 
     def learn(self, base_url: str, headers: dict[str, str]) -> None:
         # Anything but an explicit "none" (a missing header: a third-party server, or a proxy's error page)
@@ -68,6 +77,12 @@ class SessionHints:
             self._sessionless.add(base_url)
         else:
             self._sessionless.discard(base_url)
+        raw = headers.get(BATCH_HEADER, "")
+        limit = int(raw) if raw.isdigit() else 0
+        if limit > 1:
+            self._batch[base_url] = limit
+        else:
+            self._batch.pop(base_url, None)
 
 
 def _json_text(data: Any) -> str:
@@ -79,8 +94,9 @@ class ResourcesSession:
 
     def __init__(self, http: HttpClient, base_url: str, cfg: AgentConfig, *,
                  metrics: GatewayMetrics | None = None, token: str | None = None,
-                 hints: SessionHints | None = None) -> None:
+                 hints: SessionHints | None = None, batches: VerifyBatches | None = None) -> None:
         self._http = http
+        self._batches = batches
         self._base = base_url.rstrip("/")
         self._cfg = cfg
         self._metrics = metrics
@@ -153,7 +169,7 @@ class ResourcesSession:
     async def verify(self, body: dict[str, Any]) -> tuple[Verdict, int]:
         """``POST /verify``; the verdict (added fields only) and the attempts made."""
         async def attempt(_n: int) -> Answer:
-            ans = await self._post("verify", body, error=VerifyError, timeout_s=self._cfg.timeouts.verify_s)
+            ans = await self._verify_once(body)
             if self.skipped_seed and ans.status == 400 and ans.headers.get(SESSION_HEADER) == "required":
                 # The verifier said "none" when this rollout started, and a hot reload has since swapped in a
                 # verify that needs a session: seed one now and ask again, rather than failing a good rollout.
@@ -173,6 +189,19 @@ class ResourcesSession:
         added = {k: v for k, v in data.items() if k not in body}
         added["reward"] = float(reward)
         return Verdict(float(reward), added, ans.headers.get("x-verifier-version", "unknown")), attempts
+
+    async def _verify_once(self, body: dict[str, Any]) -> Answer:
+        """One ``/verify`` call: in a batch when this rollout has no session and the verifier batches."""
+        limit = self._hints.batch_limit(self._base) if self._hints is not None else 0
+        if self.skipped_seed and limit and self._batches is not None:
+            ans = await self._batches.verify(self._base, self._auth, body, limit=limit,
+                                             timeout_s=self._cfg.timeouts.verify_s)
+            if ans is not None:
+                assert self._hints is not None
+                self._hints.learn(self._base, ans.headers)
+                return ans
+            # Refused as a batch (404/405/413): alone, and that answer's headers say whether to batch again.
+        return await self._post("verify", body, error=VerifyError, timeout_s=self._cfg.timeouts.verify_s)
 
     async def close(self) -> None:
         """Best-effort ``POST /close_session``: a failure is logged, never the rollout's failure."""

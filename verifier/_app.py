@@ -2,6 +2,7 @@
 
     POST /seed_session   -> {}            sets the ``rollgate_session`` cookie, runs the seed hook
     POST /verify         -> body + reward + verify's fields
+    POST /verify_batch   -> {"results": [...]} for {"requests": [verify body, ...]} (see ``_fastpath.py``)
     POST /<tool>         -> the tool's JSON answer (the body is its keyword arguments)
     POST /close_session  -> {}            runs the close hook, forgets the session
     POST /aggregate_metrics -> the server's ``aggregate_metrics(body)`` answer (404 when it has none)
@@ -12,8 +13,9 @@
 With a ``token``, every protocol route needs ``Authorization: Bearer <token>`` (401 ``unauthorized``);
 ``/healthz``, ``/readyz`` and ``/metrics`` stay open for probes and scrapers.
 
-Every answer, errors included, carries ``X-Verifier-Version`` and ``X-Rollgate-Session: none|required`` (whether
-a rollout must seed a session first; a gateway that sees ``none`` skips seed and close). Errors are
+Every answer, errors included, carries ``X-Verifier-Version``, ``X-Rollgate-Session: none|required`` (whether
+a rollout must seed a session first; a gateway that sees ``none`` skips seed and close) and
+``X-Rollgate-Verify-Batch: N`` (``/verify_batch`` takes up to N bodies). Errors are
 ``{"error": {"kind", "message"}}`` (kinds in ``verifier.errors``). Bodies are read as raw bytes and parsed with
 orjson: a pydantic-typed body costs about half as much CPU again per rollout. The per-rollout routes (verify,
 seed_session, close_session) are answered by a pure ASGI layer before FastAPI (``_fastpath.py``); the rest here.
@@ -36,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from verifier._core import VerifierCore
 from verifier._fastpath import (
+    BATCH_HEADER,
     SESSION_COOKIE,
     SESSION_HEADER,
     VERSION_HEADER,
@@ -102,6 +105,7 @@ header itself to the version that scored it, so a request that straddles a reloa
                 if not any(k == VERSION_HEADER for k, _ in headers):
                     headers.append((VERSION_HEADER, self.core.version.encode("latin-1")))
                 headers.append((SESSION_HEADER, self.core.session_mode.encode("latin-1")))
+                headers.append(BATCH_HEADER)
                 message = {**message, "headers": headers}
             await send(message)
 

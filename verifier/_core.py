@@ -170,6 +170,12 @@ class VerifierCore:
     async def verify_loaded(self, body: dict[str, Any],
                             session_id: str | None = None) -> tuple[dict[str, Any], LoadedVerifier]:
         """``verify`` and the ``LoadedVerifier`` that scored it (its version and session needs label the answer)."""
+        fields, loaded = await self.verify_fields(body, session_id)
+        return {**body, **fields}, loaded
+
+    async def verify_fields(self, body: dict[str, Any],
+                            session_id: str | None = None) -> tuple[dict[str, Any], LoadedVerifier]:
+        """Only what verify added (``reward`` and its fields), and the ``LoadedVerifier`` that scored it."""
         response = body.get("response")
         if not isinstance(response, dict):
             raise InvalidRequest("the body needs 'response': the Responses API object to verify")
@@ -185,7 +191,7 @@ class VerifierCore:
             # The client gets the type and message; the stack trace stays in this process's log.
             log.exception("verify raised (verifier %s, version %s)", loaded.name, loaded.version)
             raise VerifyFailed(f"{type(exc).__name__}: {exc}", exception_type=type(exc).__name__) from exc
-        return {**body, **reward_fields(result)}, loaded
+        return reward_fields(result), loaded
 
     async def aggregate_metrics(self, body: dict[str, Any]) -> Any:
         """The server's optional ``aggregate_metrics(body)`` hook (a NeMo Gym resources-server route)."""

@@ -1,5 +1,5 @@
-"""The per-rollout routes as one pure ASGI layer: ``POST /verify``, ``/seed_session``, ``/close_session`` and
-``POST /<tool>`` for the tools the loaded verifier has.
+"""The per-rollout routes as one pure ASGI layer: ``POST /verify``, ``/verify_batch``, ``/seed_session``,
+``/close_session`` and ``POST /<tool>`` for the tools the loaded verifier has.
 
 These are on every rollout's path (tools on every step of a tool loop), and FastAPI's routing, dependency solving, ``Request``/``Response``
 objects and ``http.cookies`` cost more CPU than the work itself (measured: ~0.28 ms of the verifier's CPU per
@@ -11,10 +11,18 @@ per request, so a hot reload that adds or removes one is seen at once.
 The behaviour is the same contract as the rest of ``_app.py``: errors as ``{"error": {"kind", "message"}}``,
 ``X-Verifier-Version`` (on ``/verify``, the version that scored it) and ``X-Rollgate-Session`` on every answer,
 the session in the ``rollgate_session`` cookie, request metrics by endpoint and outcome.
+
+``POST /verify_batch`` (rollgate's addition; ``X-Rollgate-Verify-Batch: N`` on every answer says it is there and
+takes up to N) scores several ``/verify`` bodies in one request, for a gateway's rollouts that need no session:
+``{"requests": [body, ...]}`` → ``{"results": [item, ...]}`` in the same order, each item
+``{"status": 200, "version": V, "fields": {"reward": ..., ...}}`` (only what verify added: the gateway has the
+body) or ``{"status": 4xx|5xx, "version": V, "error": {"kind", "message"}}``. One bad item fails alone; every item
+counts as one ``verify`` request in the metrics.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +35,8 @@ from verifier._core import VerifierCore, json_type, session_mode
 from verifier._metrics import VerifierMetrics
 from verifier.errors import InvalidRequest, InvalidResult, RequestError, RequestTooLarge
 
-__all__ = ["SESSION_COOKIE", "SESSION_HEADER", "VERSION_HEADER", "FastPath", "error_body", "json_body"]
+__all__ = ["BATCH_HEADER", "MAX_VERIFY_BATCH", "SESSION_COOKIE", "SESSION_HEADER", "VERSION_HEADER", "FastPath",
+           "error_body", "json_body"]
 
 log = logging.getLogger("verifier")
 
@@ -36,6 +45,9 @@ VERSION_HEADER = b"x-verifier-version"
 # ``none``: this verifier needs no session, a client may skip /seed_session and /close_session. ``required``: it
 # does. Sent on every answer, so a client learns of a hot reload that changes it from the next answer it gets.
 SESSION_HEADER = b"x-rollgate-session"
+# How many bodies one ``/verify_batch`` takes; advertised on every answer.
+MAX_VERIFY_BATCH = 1024
+BATCH_HEADER = (b"x-rollgate-verify-batch", str(MAX_VERIFY_BATCH).encode("latin-1"))
 _JSON_TYPE = (b"content-type", b"application/json")
 # What starlette's ``set_cookie(..., httponly=True, samesite="lax")`` / ``delete_cookie`` write, without going
 # through ``http.cookies`` (session ids are URL-safe tokens: nothing to quote).
@@ -121,6 +133,7 @@ class FastPath:
         self.max_body_bytes = max_body_bytes
         self._routes: dict[str, tuple[str, _Route]] = {
             "/verify": ("verify", self._verify),
+            "/verify_batch": ("verify_batch", self._verify_batch),
             "/seed_session": ("seed_session", self._seed),
             "/close_session": ("close_session", self._close),
         }
@@ -158,6 +171,7 @@ class FastPath:
             (b"content-length", b"%d" % len(body)),
             (VERSION_HEADER, version.encode("latin-1")),
             (SESSION_HEADER, mode.encode("latin-1")),
+            BATCH_HEADER,
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -172,6 +186,50 @@ class FastPath:
         self.metrics.reward(answer["reward"])
         # Labelled with the version that scored it, even if a reload swapped another one in meanwhile.
         return 200, json_body(answer), [], loaded.version, session_mode(loaded)
+
+    async def _verify_batch(self, scope: Scope, receive: Receive) -> _Answer:
+        body = await self._read(scope, receive, allow_empty=False)
+        items = body.get("requests")
+        if not isinstance(items, list) or not items:
+            raise InvalidRequest("the body needs 'requests': a non-empty list of /verify bodies")
+        if len(items) > MAX_VERIFY_BATCH:
+            raise InvalidRequest(f"{len(items)} requests in one batch; at most {MAX_VERIFY_BATCH}")
+        session_id = _session_id(scope)
+        results = await asyncio.gather(*(self._batch_item(item, session_id) for item in items))
+        try:
+            answer = orjson.dumps({"results": results}, option=orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError:  # some verify returned what JSON cannot hold: fail those items alone
+            answer = json_body({"results": [self._serialisable(r) for r in results]})
+        return 200, answer, [], self.core.version, self.core.session_mode
+
+    def _serialisable(self, item: dict[str, Any]) -> dict[str, Any]:
+        try:
+            json_body(item)
+        except InvalidResult as exc:
+            return {"status": exc.status, "version": item["version"], "session": item["session"],
+                    "error": {"kind": exc.kind, "message": exc.message}}
+        return item
+
+    async def _batch_item(self, item: Any, session_id: str | None) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            if not isinstance(item, dict):
+                raise InvalidRequest(f"each request must be a JSON object, got {json_type(item)}")
+            fields, loaded = await self.core.verify_fields(item, session_id)
+        except RequestError as exc:
+            if exc.status >= 500:
+                log.warning("%s: %s", exc.kind, exc.message)
+            self.metrics.observe("verify", exc.kind, time.perf_counter() - started)
+            return {"status": exc.status, "version": self.core.version, "session": self.core.session_mode,
+                    "error": {"kind": exc.kind, "message": exc.message}}
+        except Exception:
+            log.exception("internal error")
+            self.metrics.observe("verify", "internal", time.perf_counter() - started)
+            return {"status": 500, "version": self.core.version, "session": self.core.session_mode,
+                    "error": {"kind": "internal", "message": "internal error in the verifier server; see its log"}}
+        self.metrics.reward(fields["reward"])
+        self.metrics.observe("verify", "ok", time.perf_counter() - started)
+        return {"status": 200, "version": loaded.version, "session": session_mode(loaded), "fields": fields}
 
     async def _seed(self, scope: Scope, receive: Receive) -> _Answer:
         session = await self.core.seed_session(await self._read(scope, receive, allow_empty=True))

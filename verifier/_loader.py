@@ -35,7 +35,8 @@ __all__ = ["LoadedVerifier", "load_target"]
 
 # Paths the app serves itself; a tool cannot take them.
 RESERVED_PATHS = frozenset(
-    {"verify", "seed_session", "close_session", "aggregate_metrics", "healthz", "readyz", "metrics"}
+    {"verify", "verify_batch", "seed_session", "close_session", "aggregate_metrics", "healthz", "readyz",
+     "metrics"}
 )
 _TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 

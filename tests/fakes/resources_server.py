@@ -9,7 +9,10 @@
 - ``POST /close_session`` (unless ``has_close_session=False``: then 404, like third-party servers)
 
 Knobs: ``port`` (fixed, so a test can restart the server on the same address), ``token`` (bearer token
-required), ``version``, ``reward``, ``verify_status``, ``tool_latency_s``.
+required), ``version``, ``reward``, ``verify_status``, ``tool_latency_s``, ``extra_headers`` (on every
+answer: e.g. a rollgate verifier's ``X-Rollgate-Session`` / ``X-Rollgate-Verify-Batch``, to test a
+server that claims what it cannot do; ``/verify_batch`` itself is answered 404 unless ``batch_status`` is set,
+then with that status and an error body).
 
 It records, per tool call, the session id it saw (``calls``), the verify bodies with their session id
 (``verified``), and the peak number of tool calls in flight (``max_in_flight``).
@@ -54,8 +57,12 @@ class FakeResourcesServer:
         has_close_session: bool = True,
         port: int = 0,
         token: str | None = None,
+        extra_headers: dict[str, str] | None = None,
+        batch_status: int | None = None,
     ) -> None:
         self.port = port
+        self.extra_headers = extra_headers or {}
+        self.batch_status = batch_status
         # When set, every route needs ``Authorization: Bearer <token>`` (401 otherwise), like a real verifier.
         self.token = token
         self.unauthorised = 0
@@ -83,6 +90,8 @@ class FakeResourcesServer:
         app.router.add_post("/add", self._add)
         app.router.add_post("/whoami", self._whoami)
         app.router.add_post("/boom", self._boom)
+        if self.batch_status is not None:
+            app.router.add_post("/verify_batch", self._verify_batch)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -97,6 +106,7 @@ class FakeResourcesServer:
             self.unauthorised += 1
             return web.json_response({"error": {"kind": "unauthorised", "message": "bad token"}}, status=401)
         resp: web.StreamResponse = await handler(request)
+        resp.headers.update(self.extra_headers)
         return resp
 
     async def __aexit__(self, *exc: object) -> None:
@@ -106,6 +116,12 @@ class FakeResourcesServer:
 
     def _headers(self) -> dict[str, str]:
         return {"X-Verifier-Version": self.version} if self.version else {}
+
+    async def _verify_batch(self, request: web.Request) -> web.Response:
+        self.requests["verify_batch"] += 1
+        assert self.batch_status is not None
+        return web.json_response({"error": {"kind": "exception", "message": "batch refused"}},
+                                 status=self.batch_status, headers=self._headers())
 
     async def _seed(self, request: web.Request) -> web.Response:
         self.requests["seed_session"] += 1

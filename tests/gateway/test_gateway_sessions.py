@@ -1,10 +1,12 @@
 """The gateway skips /seed_session and /close_session for a verifier that says it needs none
-(``X-Rollgate-Session: none``), keeps the full protocol otherwise, and follows a hot reload either way.
+(``X-Rollgate-Session: none``), keeps the full protocol otherwise, and follows a hot reload either way; the
+``/verify`` calls of such rollouts that finish together go in one ``/verify_batch``.
 
 Against a real rollgate verifier on loopback; its own /metrics count the calls it answered."""
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -155,3 +157,82 @@ async def test_a_third_party_server_without_the_header_gets_the_full_protocol(fa
             outs = await _rollouts(core, 3)
         assert [o.reward for o in outs] == [1.0] * 3
         assert (rs.requests["seed_session"], rs.requests["verify"], rs.requests["close_session"]) == (3, 3, 3)
+
+
+async def _together(core: GatewayCore, n: int, start: int = 0) -> list[Any]:
+    return list(await asyncio.gather(*(
+        core.run_rollout(RolloutRequest.from_dicts(f"t{i}", "a", task("say: ok", "ok")))
+        for i in range(start, start + n))))
+
+
+async def test_rollouts_that_finish_together_are_verified_in_batches(verifier_server: Any) -> None:
+    server = await verifier_server(VerifierCore(load_target("exact_match")))
+    # Latency: the 40 model answers arrive together, so their /verify calls do too.
+    async with FakeModelServer(latency_s=0.05) as model, \
+            GatewayCore(make_config(model.base_url, server.url, kind="single_turn")) as core:
+        first = (await _rollouts(core, 1))[0]  # learns "none" and the batch size
+        outs = await _together(core, 40)
+        assert core.verify_batches is not None
+        sent, items = core.verify_batches.requests, core.verify_batches.items
+    assert [o.error for o in outs] == [None] * 40
+    assert all(o.reward == 1.0 and o.verifier_fields == first.verifier_fields for o in outs)
+    assert {o.verifier_version for o in outs} == {first.verifier_version} != {"unknown"}
+    assert items == 40 and sent < 40  # some went together
+    calls = await _calls(server.url)
+    assert calls[("verify", "ok")] == 41
+    assert 1 <= calls[("verify_batch", "ok")] <= sent
+
+
+async def test_batch_off_sends_each_verify_alone(verifier_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROLLGATE_VERIFY_BATCH", "off")
+    server = await verifier_server(VerifierCore(load_target("exact_match")))
+    async with FakeModelServer(latency_s=0.05) as model, \
+            GatewayCore(make_config(model.base_url, server.url, kind="single_turn")) as core:
+        await _rollouts(core, 1)
+        outs = await _together(core, 10)
+        assert core.verify_batches is None
+    assert all(o.reward == 1.0 for o in outs)
+    assert ("verify_batch", "ok") not in await _calls(server.url)
+
+
+async def test_a_swap_to_a_verify_that_needs_sessions_while_batching(verifier_server: Any,
+                                                                    module: Callable[[str], str]) -> None:
+    vcore = VerifierCore(load_target(f"{module(PLAIN)}:verify"))
+    server = await verifier_server(vcore)
+    async with FakeModelServer(latency_s=0.05) as model, \
+            GatewayCore(make_config(model.base_url, server.url, kind="single_turn")) as core:
+        await _rollouts(core, 1)
+        vcore.swap(load_target(f"{module(WITH_SESSION)}:verify"))
+        # Each batched item is refused for want of a session and says "required": each rollout seeds and asks
+        # /verify again, alone, with its session.
+        outs = await _together(core, 10)
+        assert core.session_hints.sessionless(server.url) is False
+    assert [o.error for o in outs] == [None] * 10
+    assert all(o.verifier_fields == {"reward": 1.0, "seeded": False} for o in outs)
+
+
+HEADERS = {"X-Rollgate-Session": "none", "X-Rollgate-Verify-Batch": "64"}
+
+
+async def test_a_server_that_claims_batches_but_lacks_the_route_gets_each_alone() -> None:
+    async with FakeModelServer(latency_s=0.05) as model, FakeResourcesServer(extra_headers=HEADERS, batch_status=404) as rs, \
+            GatewayCore(make_config(model.base_url, rs.url, kind="single_turn")) as core:
+        await _rollouts(core, 1)
+        outs = await _together(core, 10)
+    assert [o.reward for o in outs] == [1.0] * 10
+    assert rs.requests["verify_batch"] >= 1 and rs.requests["verify"] == 11
+
+
+@pytest.mark.parametrize(("status", "kind"), [(400, "http_error"), (200, "invalid_response")])
+async def test_a_refused_or_garbled_batch_fails_its_rollouts_clearly(status: int, kind: str) -> None:
+    async with FakeModelServer(latency_s=0.05) as model, \
+            FakeResourcesServer(extra_headers=HEADERS, batch_status=status) as rs, \
+            GatewayCore(make_config(model.base_url, rs.url, kind="single_turn")) as core:
+        await _rollouts(core, 1)
+        outs = await _together(core, 10)
+    batched = [o for o in outs if o.error is not None]
+    assert batched, "some rollouts went in a batch"
+    for o in batched:
+        assert (o.error.stage, o.error.kind) == ("verify", kind)
+        assert "verify_batch" in o.error.message
+    assert all(o.reward == 1.0 for o in outs if o.error is None)  # those sent alone (nothing to batch with)

@@ -284,6 +284,74 @@ async def test_tools_errors(serve: Any, user_module: WriteModule) -> None:
             assert f'rollgate_verifier_requests_total{{endpoint="tool",outcome="{outcome}"}} {n}.0' in text
 
 
+
+async def test_verify_batch_scores_each_body_alone_and_counts_each(serve: Any, http: aiohttp.ClientSession,
+                                                                   user_module: WriteModule) -> None:
+    name = user_module("""
+        def verify(task, response):
+            if task.get("explode"):
+                raise ValueError("kaboom")
+            return {"reward": 0.5, "n": task["n"], "nan": task.get("nan")}
+    """)
+    server = await serve(f"{name}:verify")
+    bodies: list[Any] = [_body(n=1), "not an object", _body(n=3, explode=True), {"n": 4}, _body(n=5)]
+    async with http.post(f"{server.url}/verify_batch", data=json.dumps({"requests": bodies})) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Rollgate-Verify-Batch"] == "1024"
+        assert resp.headers["X-Rollgate-Session"] == "none"
+        version = resp.headers["X-Verifier-Version"]
+        results = (await resp.json())["results"]
+    # Only what verify added comes back (the caller has the body), in the order sent.
+    assert results[0] == {"status": 200, "version": version, "session": "none",
+                          "fields": {"reward": 0.5, "n": 1, "nan": None}}
+    assert results[4]["fields"]["n"] == 5
+    assert [r["status"] for r in results] == [200, 400, 500, 400, 200]
+    assert results[1]["error"]["kind"] == "invalid_request" and "got a string" in results[1]["error"]["message"]
+    assert results[2]["error"] == {"kind": "verify_exception", "message": "ValueError: kaboom"}
+    assert "'response'" in results[3]["error"]["message"]
+    # The same fields as /verify adds to its echo of the body.
+    status, single = await _post(http, f"{server.url}/verify", _body(n=1))
+    assert status == 200 and {k: single[k] for k in results[0]["fields"]} == results[0]["fields"]
+    bad: dict[str, Any]
+    for bad in ({"requests": []}, {"requests": "x"}, {"requests": [_body(n=1)] * 1025}, {}):
+        status, answer = await _post(http, f"{server.url}/verify_batch", bad)
+        assert (status, answer["error"]["kind"]) == (400, "invalid_request")
+    async with http.get(f"{server.url}/metrics") as resp:
+        text = await resp.text()
+    assert 'rollgate_verifier_requests_total{endpoint="verify",outcome="ok"} 3.0' in text  # 2 in the batch + 1
+    assert 'rollgate_verifier_requests_total{endpoint="verify",outcome="invalid_request"} 2.0' in text
+    assert 'rollgate_verifier_requests_total{endpoint="verify",outcome="verify_exception"} 1.0' in text
+    assert 'rollgate_verifier_requests_total{endpoint="verify_batch",outcome="ok"} 1.0' in text
+    assert 'rollgate_verifier_requests_total{endpoint="verify_batch",outcome="invalid_request"} 4.0' in text
+
+
+async def test_verify_batch_items_that_need_a_session_say_so(serve: Any, http: aiohttp.ClientSession,
+                                                             user_module: WriteModule) -> None:
+    name = user_module("""
+        from verifier import Session
+
+        def verify(task, response, session: Session):
+            return 1.0
+    """)
+    server = await serve(f"{name}:verify")
+    async with http.post(f"{server.url}/verify_batch", data=json.dumps({"requests": [_body()]})) as resp:
+        item = (await resp.json())["results"][0]
+    assert (item["status"], item["session"], item["error"]["kind"]) == (400, "required", "invalid_session")
+
+
+async def test_a_result_json_cannot_hold_fails_its_item_alone(serve: Any, http: aiohttp.ClientSession,
+                                                              user_module: WriteModule) -> None:
+    name = user_module("""
+        def verify(task, response):
+            return {"reward": 1.0, "blob": object() if task.get("odd") else "fine"}
+    """)
+    server = await serve(f"{name}:verify")
+    async with http.post(f"{server.url}/verify_batch",
+                         data=json.dumps({"requests": [_body(), _body(odd=True)]})) as resp:
+        results = (await resp.json())["results"]
+    assert results[0]["fields"] == {"reward": 1.0, "blob": "fine"}
+    assert (results[1]["status"], results[1]["error"]["kind"]) == (500, "invalid_result")
+
 async def test_version_header_changes_with_the_source(serve: Any, http: aiohttp.ClientSession,
                                                      user_module: WriteModule, tmp_path: Path) -> None:
     name = user_module("def verify(task, response):\n    return 1.0\n")

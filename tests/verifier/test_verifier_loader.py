@@ -107,6 +107,13 @@ def test_reserved_tool_name(user_module: WriteModule) -> None:
         "    def verify(self, task, response):\n        return 1.0\n"
     )
     assert "tool name 'healthz'" in _load_error(f"{name}:S")
+    batch = user_module(
+        "from verifier import ResourcesServer, tool\n"
+        "class S(ResourcesServer):\n"
+        "    @tool\n    def verify_batch(self):\n        return {}\n"
+        "    def verify(self, task, response):\n        return 1.0\n"
+    )
+    assert "tool name 'verify_batch'" in _load_error(f"{batch}:S")
 
 
 def test_kinds_of_target(user_module: WriteModule) -> None:
