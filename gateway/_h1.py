@@ -151,6 +151,10 @@ class _Connection(asyncio.Protocol):
 
     # -- the client's side -----------------------------------------------------------------------------------
     def _complete(self) -> None:
+        if 100 <= self._status < 200:
+            # An interim answer (100 Continue, 103 Early Hints): the real one follows on the same connection.
+            self._headers, self._body, self._status = [], [], 0
+            return
         waiter, self.waiter = self.waiter, None
         result = (self._status, self._headers, b"".join(self._body))
         self._headers, self._body, self._status, self._received = [], [], 0, False

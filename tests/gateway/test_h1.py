@@ -136,6 +136,24 @@ def test_chunked_close_delimited_and_compressed_bodies_arrive_whole(loop: str) -
 
 
 @LOOPS
+def test_an_interim_answer_is_skipped_for_the_real_one(loop: str) -> None:
+    async def interim(_req: Request, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+                     b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\nreal")
+        await writer.drain()
+
+    async def main() -> None:
+        client = H1Client()
+        async with raw_server(interim) as server:
+            for _ in range(2):
+                status, headers, _, body = await client.post(server.url, b"{}", {}, timeout_s=5)
+                assert (status, body, "link" in headers) == (201, b"real", False)
+            assert server.connections == 1
+        await client.close()
+    _run(main, loop)
+
+
+@LOOPS
 def test_connection_close_and_a_server_dropping_idle_connections_cost_no_request(loop: str) -> None:
     async def close_each(_req: Request, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
