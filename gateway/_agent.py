@@ -139,7 +139,7 @@ class GatewayCore:
     async def start(self) -> None:
         self._http = HttpClient()
         if os.environ.get("ROLLGATE_VERIFY_BATCH", "on").strip().lower() not in ("0", "off", "false", "no"):
-            self.verify_batches = VerifyBatches(self._http)
+            self.verify_batches = VerifyBatches(self._http, self.metrics)
         try:
             self._routes = self._build(self._config)
         except BaseException:

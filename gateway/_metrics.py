@@ -72,6 +72,10 @@ class GatewayMetrics:
                                      ["source"], registry=r)
         self.route_rejections = Counter("rollgate_gateway_route_rejections",
                                         "Routing changes refused as invalid, by source.", ["source"], registry=r)
+        self.verify_batch_size = Histogram(
+            "rollgate_gateway_verify_batch_size",
+            "Rollouts per /verify request to a batching verifier (1: sent alone to /verify).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self._started: dict[int, float] = {}
         # labels() takes a lock and builds a key per call (a dozen calls per rollout); the label sets are few and
         # fixed (agents from the config, stages, kinds), so each child is looked up once and kept.

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from gateway._http import Answer, HttpClient
+from gateway._metrics import GatewayMetrics
 from gateway.errors import RolloutFailure, VerifyError
 
 __all__ = ["BATCH_HEADER", "MAX_BATCH_BYTES", "MAX_BATCH_ITEMS", "VerifyBatches"]
@@ -77,8 +78,9 @@ def _chunks(items: list[_Item], limit: int) -> list[list[_Item]]:
 class VerifyBatches:
     """The gateway's batching of ``/verify``: one queue per verifier URL and credentials."""
 
-    def __init__(self, http: HttpClient) -> None:
+    def __init__(self, http: HttpClient, metrics: GatewayMetrics | None = None) -> None:
         self._http = http
+        self._metrics = metrics
         self._queues: dict[tuple[str, tuple[tuple[str, str], ...]], _Queue] = {}
         self._sending: set[asyncio.Task[None]] = set()
         self.requests = 0
@@ -99,7 +101,9 @@ class VerifyBatches:
 
     def _flush(self, key: tuple[str, tuple[tuple[str, str], ...]]) -> None:
         queue = self._queues.pop(key)
-        for chunk in _chunks(queue.items, queue.limit):
+        # A rollout cancelled while it waited here (its deadline) needs no score.
+        waiting = [item for item in queue.items if not item.future.done()]
+        for chunk in _chunks(waiting, queue.limit):
             task = asyncio.get_running_loop().create_task(self._send(queue, chunk))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
@@ -107,6 +111,8 @@ class VerifyBatches:
     async def _send(self, queue: _Queue, chunk: list[_Item]) -> None:
         self.requests += 1
         self.items += len(chunk)
+        if self._metrics is not None:
+            self._metrics.verify_batch_size.observe(len(chunk))
         alone = len(chunk) == 1  # nothing to batch with: the plain route, whose answer needs no unpacking
         url = queue.url.removesuffix("_batch") if alone else queue.url
         payload = chunk[0].body if alone else b'{"requests":[' + b",".join(item.body for item in chunk) + b"]}"

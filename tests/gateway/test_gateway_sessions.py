@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client import generate_latest
 
 from gateway import GatewayCore, RolloutRequest
 from tests.fakes import FakeModelServer, FakeResourcesServer
@@ -174,10 +175,14 @@ async def test_rollouts_that_finish_together_are_verified_in_batches(verifier_se
         outs = await _together(core, 40)
         assert core.verify_batches is not None
         sent, items = core.verify_batches.requests, core.verify_batches.items
+        exposition = generate_latest(core.metrics.registry).decode()
     assert [o.error for o in outs] == [None] * 40
     assert all(o.reward == 1.0 and o.verifier_fields == first.verifier_fields for o in outs)
     assert {o.verifier_version for o in outs} == {first.verifier_version} != {"unknown"}
     assert items == 40 and sent < 40  # some went together
+    seen = samples(exposition)
+    assert seen[("rollgate_gateway_verify_batch_size_count", ())] == sent
+    assert seen[("rollgate_gateway_verify_batch_size_sum", ())] == items
     calls = await _calls(server.url)
     assert calls[("verify", "ok")] == 41
     assert 1 <= calls[("verify_batch", "ok")] <= sent
