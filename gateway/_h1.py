@@ -6,7 +6,7 @@ proxies, cookie jars, multipart, tracing, streaming bodies). This client does on
 JSON body on a pooled connection and read one whole answer, parsed by ``httptools`` (llhttp, the parser
 uvicorn uses). ``https://`` URLs keep going through aiohttp (see ``_http.HttpClient``).
 
-What it handles: Content-Length, chunked and close-delimited bodies; ``gzip``/``deflate`` bodies (it asks for
+What it handles: Content-Length, chunked and close-delimited bodies; ``user:password@`` in the URL (Basic auth); ``gzip``/``deflate`` bodies (it asks for
 none, but a server may send them); ``Connection: close``; IPv6 literals; servers that drop idle connections
 (a connection idle for longer than ``IDLE_S`` is not reused, below the 5 s keep-alive of uvicorn — and so
 vLLM and SGLang — so a request is not written into a socket the server is closing).
@@ -22,12 +22,13 @@ be made), so a caller knows whether a non-idempotent call may be resent.
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.cookies
 import time
 import zlib
 from dataclasses import dataclass
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -65,6 +66,7 @@ class _Target:
     host: str
     port: int
     head: bytes  # b"POST /path HTTP/1.1\r\nHost: h:p\r\n..."
+    basic: str | None  # "Basic …" from user:password in the URL, sent unless the caller sets Authorization
 
 
 def _target(url: str) -> _Target:
@@ -79,7 +81,11 @@ def _target(url: str) -> _Target:
         netloc = f"{netloc}:{port}"
     head = (f"POST {path} HTTP/1.1\r\nHost: {netloc}\r\nUser-Agent: rollgate-gateway\r\n"
             "Content-Type: application/json\r\n").encode("latin-1")
-    return _Target((host, port), host, port, head)
+    basic = None
+    if parts.username is not None:
+        secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        basic = "Basic " + base64.b64encode(secret).decode("ascii")
+    return _Target((host, port), host, port, head, basic)
 
 
 def _header_block(headers: dict[str, str]) -> bytes:
@@ -247,6 +253,8 @@ class H1Client:
         if self._closed:
             raise H1Error("the HTTP client is closed", sent=False)
         target = self._parse(url)
+        if target.basic is not None and not any(name.lower() == "authorization" for name in headers):
+            headers = {**headers, "Authorization": target.basic}
         request = b"".join((target.head, _header_block(headers), b"Content-Length: %d\r\n\r\n" % len(body), body))
         conn: _Connection | None = None
         try:

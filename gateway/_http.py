@@ -22,6 +22,7 @@ import aiohttp
 import orjson
 
 from gateway._h1 import H1Client, H1Error, H1Timeout, H1Unsendable
+from gateway._metrics import safe_url
 from gateway.errors import RolloutFailure
 
 __all__ = ["Answer", "HttpClient", "error_text", "parse_object", "raise_for_status", "retry_after_s"]
@@ -80,20 +81,22 @@ class HttpClient:
     async def post_bytes(self, url: str, data: bytes, *, error: type[RolloutFailure], timeout_s: float,
                          headers: dict[str, str] | None = None) -> Answer:
         """``post`` with the JSON body already serialised."""
+        # What messages and answers name: never a password from the URL (messages end up in rollout rows).
+        shown = safe_url(url) if "@" in url else url
         if self._h1 is not None and url.startswith("http://"):
             try:
                 status, hdrs, cookies, raw = await self._h1.post(url, data, headers or {}, timeout_s=timeout_s)
             except H1Unsendable as exc:
-                raise error(f"POST {url}: {exc}", kind="invalid_request", url=url, reached=False) from None
+                raise error(f"POST {shown}: {exc}", kind="invalid_request", url=shown, reached=False) from None
             except H1Timeout:
-                raise error(f"POST {url}: no answer within {timeout_s:g}s", kind="timeout", url=url) from None
+                raise error(f"POST {shown}: no answer within {timeout_s:g}s", kind="timeout", url=shown) from None
             except H1Error as exc:
-                raise error(f"POST {url}: {exc}", kind="connection", url=url, reached=exc.sent) from None
-            return Answer(url, status, hdrs, raw, cookies)
-        return await self._post_aiohttp(url, data, error=error, timeout_s=timeout_s, headers=headers)
+                raise error(f"POST {shown}: {exc}", kind="connection", url=shown, reached=exc.sent) from None
+            return Answer(shown, status, hdrs, raw, cookies)
+        return await self._post_aiohttp(url, shown, data, error=error, timeout_s=timeout_s, headers=headers)
 
-    async def _post_aiohttp(self, url: str, data: bytes, *, error: type[RolloutFailure], timeout_s: float,
-                            headers: dict[str, str] | None) -> Answer:
+    async def _post_aiohttp(self, url: str, shown: str, data: bytes, *, error: type[RolloutFailure],
+                            timeout_s: float, headers: dict[str, str] | None) -> Answer:
         hdrs = {**_JSON, **headers} if headers else _JSON
         try:
             async with self._aiohttp().post(
@@ -103,16 +106,16 @@ class HttpClient:
                 # Most answers set no cookie; skip building the (http.cookies) jar for them.
                 cookies = ({name: morsel.value for name, morsel in resp.cookies.items()}
                            if "Set-Cookie" in resp.headers else {})
-                return Answer(url, resp.status, {k.lower(): v for k, v in resp.headers.items()}, raw, cookies)
+                return Answer(shown, resp.status, {k.lower(): v for k, v in resp.headers.items()}, raw, cookies)
         except asyncio.TimeoutError:
             # aiohttp's own timeouts; a cancellation from the rollout deadline is CancelledError and passes through.
-            raise error(f"POST {url}: no answer within {timeout_s:g}s", kind="timeout", url=url) from None
+            raise error(f"POST {shown}: no answer within {timeout_s:g}s", kind="timeout", url=shown) from None
         except aiohttp.ClientConnectorError as exc:
             # The connection was never made, so the request was never sent: even a non-idempotent call may be resent.
-            raise error(f"POST {url}: {type(exc).__name__}: {exc}", kind="connection", url=url,
+            raise error(f"POST {shown}: {type(exc).__name__}: {exc}", kind="connection", url=shown,
                         reached=False) from None
         except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a header value aiohttp refuses to send
-            raise error(f"POST {url}: {type(exc).__name__}: {exc}", kind="connection", url=url) from None
+            raise error(f"POST {shown}: {type(exc).__name__}: {exc}", kind="connection", url=shown) from None
 
 
 def error_text(ans: Answer, limit: int = 500) -> str:

@@ -18,7 +18,7 @@ import uvloop
 
 import gateway._h1 as h1
 from gateway._h1 import H1Client, H1Error, H1Timeout, H1Unsendable
-from gateway._http import HttpClient
+from gateway._http import HttpClient, parse_object
 from gateway.errors import ModelError, RolloutFailure
 
 # One request as the server read it: (request line and headers, body).
@@ -103,6 +103,22 @@ def test_keep_alive_reuses_one_connection_and_sends_a_well_formed_request(loop: 
         assert f"Host: {server.url.removeprefix('http://')}".encode() in lines
         assert b"Content-Type: application/json" in lines and b"Authorization: Bearer t" in lines
         assert body == b'{"i": 4}'
+    _run(main, loop)
+
+
+@LOOPS
+def test_credentials_in_the_url_become_basic_auth_unless_the_caller_sets_its_own(loop: str) -> None:
+    async def main() -> None:
+        async with raw_server(answer(b"{}")) as server:
+            client = H1Client()
+            with_auth = server.url.replace("http://", "http://ann:p%40ss@")
+            await client.post(f"{with_auth}/v1/x", b"{}", {}, timeout_s=5)
+            await client.post(f"{with_auth}/v1/x", b"{}", {"Authorization": "Bearer t"}, timeout_s=5)
+            await client.close()
+        first, second = (head.split(b"\r\n") for head, _ in server.requests)
+        assert b"Authorization: Basic YW5uOnBAc3M=" in first  # ann:p@ss
+        assert b"Authorization: Bearer t" in second and not any(b"Basic" in line for line in second)
+        assert all(b"ann" not in line for line in first[:2])  # never in the request line or Host
     _run(main, loop)
 
 
@@ -299,7 +315,16 @@ def test_http_client_gives_the_same_answer_through_h1_and_aiohttp(loop: str) -> 
             assert (ours.status, ours.body, ours.cookies) == (theirs.status, theirs.body, theirs.cookies)
             assert ours.headers["x-rollgate-session"] == theirs.headers["x-rollgate-session"] == "none"
             assert server.requests[0][1] == server.requests[1][1] == b'{"a":1}'
+        async with raw_server(answer(b"not json")) as server, HttpClient() as http:
+            secret_url = server.url.replace("http://", "http://ann:hunter2@") + "/v1/x"
+            ans = await http.post(secret_url, {}, error=ModelError, timeout_s=5)
+            with pytest.raises(RolloutFailure) as garbled:
+                parse_object(ans, ModelError)
+            assert "hunter2" not in garbled.value.message and "/v1/x" in garbled.value.message
         async with HttpClient() as http:
+            with pytest.raises(RolloutFailure) as refused:
+                await http.post("http://ann:hunter2@127.0.0.1:1/x", {}, error=ModelError, timeout_s=5)
+            assert "hunter2" not in refused.value.message and "hunter2" not in refused.value.url
             with pytest.raises(RolloutFailure) as bad:
                 await http.post("http://127.0.0.1:1/x", {}, error=ModelError, timeout_s=5,
                                 headers={"Authorization": "Bearer x\r\n"})
