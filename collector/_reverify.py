@@ -84,6 +84,11 @@ def _rows(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, row
 
 
+def _check_rows(path: str) -> int:
+    """One streaming pass before anything is moved or written: a bad line stops the command with FILE:LINE."""
+    return sum(1 for _ in _rows(path))
+
+
 async def _post_verify(http: aiohttp.ClientSession, url: str, body: bytes, cfg: ReverifyConfig) -> tuple[dict[str, Any], str]:
     async for attempt in AsyncRetrying(
         stop=stop_after_attempt(cfg.attempts),
@@ -276,6 +281,7 @@ def reverify_main(argv: list[str]) -> int:
             raise CliError(f"input_jsonl_fpath: {cfg.input_jsonl_fpath} is not a file")
         if Path(cfg.input_jsonl_fpath).resolve() == Path(cfg.output_jsonl_fpath).resolve():
             raise CliError("output_jsonl_fpath must differ from input_jsonl_fpath")
+        _check_rows(cfg.input_jsonl_fpath)
         proc = None
         url = cfg.verifier.rstrip("/")
         if not url.startswith(("http://", "https://")):

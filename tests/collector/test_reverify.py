@@ -122,3 +122,15 @@ def test_bad_command_lines_exit_2(workdir: Path, argv: list[str], expect: str,
     _write(workdir / "in.jsonl", [_rollout(1, "1", 0.0)])
     assert reverify_main(argv) == 2
     assert expect in capsys.readouterr().err
+
+
+def test_a_bad_line_stops_it_before_anything_is_written_or_moved(workdir: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [json.dumps(_rollout(i, str(i), 0.0)) for i in range(50)]
+    rows[40] = '{"response": '  # truncated, far enough in that a streaming run would have written rows before it
+    (workdir / "in.jsonl").write_text("\n".join(rows) + "\n")
+    (workdir / "out.jsonl").write_text("old\n")
+    assert reverify_main(["+input_jsonl_fpath=in.jsonl", "+verifier=exact_match",
+                          "+output_jsonl_fpath=out.jsonl"]) == 2
+    assert "in.jsonl:41: not valid JSON" in capsys.readouterr().err
+    assert (workdir / "out.jsonl").read_text() == "old\n" and not list(workdir.glob("out.jsonl.*"))
