@@ -21,16 +21,17 @@ import grpc.aio
 
 from collector.errors import UsageError
 
-__all__ = ["DNS_STREAMS", "Endpoint", "TlsFiles", "auth_metadata", "open_endpoints", "split_targets"]
+__all__ = ["DNS_STREAMS", "MAX_MESSAGE_BYTES", "Endpoint", "TlsFiles", "auth_metadata", "open_endpoints",
+           "split_targets"]
 
 TOKEN_ENV = "ROLLGATE_TOKEN"
 # Streams opened on a dns:/// channel: round_robin balances per call, so one stream would pin one replica.
 DNS_STREAMS = 4
 # Responses with logprobs and long trajectories exceed gRPC's 4 MiB default.
-_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 _BASE_OPTIONS: list[tuple[str, int | str]] = [
-    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     # gRPC's own reconnect backoff defaults to 1 s growing to 120 s: a restarted gateway would sit idle for
     # minutes. The collector runs its own bounded backoff on top, so keep the transport's short.
     ("grpc.initial_reconnect_backoff_ms", 100),

@@ -36,7 +36,7 @@ from types import TracebackType
 import grpc
 import grpc.aio
 
-from collector._channels import Endpoint, TlsFiles, auth_metadata, open_endpoints
+from collector._channels import MAX_MESSAGE_BYTES, Endpoint, TlsFiles, auth_metadata, open_endpoints
 from collector._json import dumps
 from collector._rows import failed_result
 from collector._tasks import RolloutSpec
@@ -57,6 +57,9 @@ MAX_BATCH = 64
 # ... and at most about this many bytes of task and params JSON, so big rows (long documents, images) never make a
 # message the gateway refuses (its limit is 64 MiB); a single row larger than this still goes, alone.
 MAX_BATCH_BYTES = 8 * 1024 * 1024
+# What a gateway that does not say its limit (an older one) is assumed to take: the gateway's default.
+DEFAULT_GATEWAY_MESSAGE_BYTES = 64 * 1024 * 1024
+_ENVELOPE_BYTES = 1024
 
 
 def _log(message: str) -> None:
@@ -100,6 +103,9 @@ class GatewayClient:
         # Messages on the Collect streams, each way: with rollouts counted elsewhere, they show the batching.
         self.messages_sent = 0
         self.messages_received = 0
+        # The largest message the gateway takes (from ListAgents): a rollout whose request alone is larger fails
+        # here, by itself, instead of breaking the stream for every rollout on it.
+        self.max_message_bytes = DEFAULT_GATEWAY_MESSAGE_BYTES
 
     async def __aenter__(self) -> GatewayClient:
         return self
@@ -129,6 +135,7 @@ class GatewayClient:
                 continue
             for problem in problems:
                 _log(f"warning: gateway {problem}; using the others")
+            self.max_message_bytes = min(reply.max_message_bytes or DEFAULT_GATEWAY_MESSAGE_BYTES, MAX_MESSAGE_BYTES)
             return list(reply.agents)
         raise GatewayUnreachable(self.address, "; ".join(problems))
 
@@ -309,14 +316,30 @@ class _Run:
                 await call.done_writing()
                 return
             now = time.monotonic()
+            requests = []
             for spec in batch:
+                request = to_request(spec, agent, deadline_s)
+                if request.ByteSize() + _ENVELOPE_BYTES > self.client.max_message_bytes:
+                    self._too_big(spec, request.ByteSize())
+                    continue
+                requests.append(request)
                 mine[spec.rollout_id] = spec  # tracked before the write, so a failed write is resent
                 self.outstanding[spec.rollout_id] = (spec, now)
+            if not requests:
+                continue
             self.client.messages_sent += 1
             try:
-                await call.write(pb.CollectRequest(rollouts=[to_request(s, agent, deadline_s) for s in batch]))
+                await call.write(pb.CollectRequest(rollouts=requests))
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 return  # the stream is gone; the receiver sees why and the worker resends ``mine``
+
+    def _too_big(self, spec: RolloutSpec, size: int) -> None:
+        limit = self.client.max_message_bytes
+        self.answer(spec, failed_result(
+            spec.rollout_id, "input", "invalid_request",
+            f"the task row makes a {size / 2**20:.1f} MiB request, over the gateway's message limit of "
+            f"{limit / 2**20:.0f} MiB (raise it with gateway serve --max-message-mb)",
+        ))
 
     async def _receive(self, call: grpc.aio.StreamStreamCall[pb.CollectRequest, pb.CollectResponse],
                        mine: dict[str, RolloutSpec], answered: list[int]) -> str | None:

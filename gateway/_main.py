@@ -58,6 +58,8 @@ class ServeArgs(BaseModel):
     """CA (PEM) that client certificates must chain to: mutual TLS."""
     grace_s: float = Field(default=30.0, ge=0)
     """Seconds in-flight rollouts get to finish on SIGTERM/SIGINT."""
+    max_message_mb: int = Field(default=64, ge=1, le=2047)
+    """Largest gRPC message taken or sent, in MiB (a batch of rows or results; one huge row alone)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log level (JSON lines on stderr)."""
 
@@ -82,7 +84,7 @@ def _serve(args_list: list[str]) -> int:
                         admin_token=os.environ.get(args.admin_token_env) or None,
                         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
     opts = ServeOptions(config_path=args.config, host=args.host, port=args.port, metrics_port=args.metrics_port,
-                        grace_s=args.grace_s, security=security)
+                        grace_s=args.grace_s, security=security, max_message_bytes=args.max_message_mb * 2**20)
     _event_loop_policy()
     try:
         return asyncio.run(serve(config, opts))

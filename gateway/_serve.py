@@ -27,7 +27,7 @@ from gateway._config import GatewayConfig
 from gateway._metrics import GatewayMetrics
 from gateway._probes import start_probes
 from gateway._reload import ConfigReloader
-from gateway._server import Security, create_server
+from gateway._server import MAX_MESSAGE_BYTES, Security, create_server
 
 __all__ = ["ServeOptions", "serve"]
 
@@ -46,6 +46,7 @@ class ServeOptions:
     """None = the default port (9090), or a free one with a warning when 9090 is taken."""
     grace_s: float = 30.0
     security: Security = field(default_factory=Security)
+    max_message_bytes: int = MAX_MESSAGE_BYTES
 
 
 def _host_for_url(host: str) -> str:
@@ -79,7 +80,7 @@ async def serve(config: GatewayConfig, opts: ServeOptions, metrics: GatewayMetri
             reloader = ConfigReloader(core, opts.config_path)
             loop.add_signal_handler(signal.SIGHUP, lambda: _spawn_reload(reloader))
             server, bound = await create_server(config, f"{opts.host}:{opts.port}", core=core,
-                                                security=opts.security)
+                                                security=opts.security, max_message_bytes=opts.max_message_bytes)
             runner, mport = await _probes(core, opts, ready)
             watcher = asyncio.create_task(reloader.watch(watch_stop))
             try:

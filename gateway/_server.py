@@ -26,15 +26,14 @@ from gateway._admin import AdminServicer
 from gateway._agent import GatewayCore
 from gateway._config import GatewayConfig
 from gateway._security import AuthInterceptor, server_credentials
-from gateway._servicer import GatewayServicer
+from gateway._servicer import MAX_MESSAGE_BYTES, GatewayServicer
 from gateway.errors import ConfigError, InputError, UnknownAgentError
 from protos.rollgate.v1 import gateway_pb2 as pb
 from protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
 
-__all__ = ["Security", "create_server"]
+__all__ = ["MAX_MESSAGE_BYTES", "Security", "create_server"]
 
 log = logging.getLogger("gateway.server")
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Gateway"].full_name
 ADMIN_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GatewayAdmin"].full_name
 _background: set[asyncio.Task[None]] = set()
@@ -117,7 +116,7 @@ class Security:
 
 async def create_server(
     config: GatewayConfig, address: str = "127.0.0.1:0", *, core: GatewayCore | None = None,
-    security: Security | None = None,
+    security: Security | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> tuple[grpc.aio.Server, int]:
     """Build, bind and start the gateway's gRPC server; returns it and the bound port.
 
@@ -135,13 +134,13 @@ async def create_server(
     if core is None:
         core = GatewayCore(config)
         await core.start()
-    options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    options = [("grpc.max_send_message_length", max_message_bytes),
+               ("grpc.max_receive_message_length", max_message_bytes)]
     # Auth first: an unauthenticated call never reaches a handler (nor the error mapping's logs).
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(token=sec.token, admin_token=sec.admin_token), ErrorMappingInterceptor()],
         options=options)
-    pb_grpc.add_GatewayServicer_to_server(GatewayServicer(core), server)
+    pb_grpc.add_GatewayServicer_to_server(GatewayServicer(core, max_message_bytes=max_message_bytes), server)
     pb_grpc.add_GatewayAdminServicer_to_server(AdminServicer(core), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -27,7 +27,8 @@ from gateway._agent import GatewayCore, RolloutOutcome, RolloutRequest
 from protos.rollgate.v1 import gateway_pb2 as pb
 from protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
 
-__all__ = ["MAX_BATCH_BYTES", "MAX_RESULTS_PER_MESSAGE", "GatewayServicer", "outcome_to_pb", "request_from_pb"]
+__all__ = ["MAX_BATCH_BYTES", "MAX_MESSAGE_BYTES", "MAX_RESULTS_PER_MESSAGE", "GatewayServicer", "outcome_to_pb",
+           "request_from_pb"]
 
 log = logging.getLogger("gateway.servicer")
 _READER_DONE = object()
@@ -36,6 +37,10 @@ _DRAIN = object()
 # The byte cap keeps several large responses (logprobs) well under the 64 MiB message limit of both ends.
 MAX_RESULTS_PER_MESSAGE = 64
 MAX_BATCH_BYTES = 8 * 1024 * 1024
+# The default for ``gateway serve --max-message-mb``: the largest message taken or sent.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Room for the message's own framing around one result.
+_ENVELOPE_BYTES = 1024
 _OK = pb.ROLLOUT_STATUS_OK
 _FAILED = pb.ROLLOUT_STATUS_FAILED
 
@@ -101,11 +106,26 @@ def outcome_to_pb(out: RolloutOutcome) -> pb.RolloutResult:
 class GatewayServicer(pb_grpc.GatewayServicer):
     """The thin wire layer over ``GatewayCore``."""
 
-    def __init__(self, core: GatewayCore) -> None:
+    def __init__(self, core: GatewayCore, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.core = core
+        self.max_message_bytes = max_message_bytes
 
     async def _one(self, msg: pb.RolloutRequest) -> pb.RolloutResult:
-        return outcome_to_pb(await self.core.run_rollout(request_from_pb(msg)))
+        result = outcome_to_pb(await self.core.run_rollout(request_from_pb(msg)))
+        size = result.ByteSize()
+        if size + _ENVELOPE_BYTES > self.max_message_bytes:
+            # Sent as it is, it would end the whole stream; as a failed rollout, only this one is lost.
+            log.warning("rollout %s: its result is %.1f MiB, over the %.0f MiB message limit; sent as failed",
+                        msg.rollout_id, size / 2**20, self.max_message_bytes / 2**20)
+            failed = pb.RolloutResult(rollout_id=result.rollout_id, status=_FAILED, model=result.model,
+                                      attempts=result.attempts, verifier_version=result.verifier_version)
+            failed.timings.CopyFrom(result.timings)
+            error = failed.error
+            error.stage, error.kind = "gateway", "invalid_response"
+            error.message = (f"the rollout's result is {size / 2**20:.1f} MiB, over the gateway's message limit of "
+                             f"{self.max_message_bytes / 2**20:.0f} MiB (gateway serve --max-message-mb)")
+            return failed
+        return result
 
     async def Collect(  # noqa: N802 (generated name)
         self, request_iterator: AsyncIterator[pb.CollectRequest], context: grpc.aio.ServicerContext[Any, Any],
@@ -203,4 +223,4 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                          verifier_url=cfg.verifier_url, max_steps=cfg.max_steps)
             for name, cfg in sorted(self.core.config.agents.items())
         ]
-        return pb.ListAgentsResponse(agents=agents)
+        return pb.ListAgentsResponse(agents=agents, max_message_bytes=self.max_message_bytes)

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import GatewayConfig, GatewayCore, GatewayMetrics, Security, create_server
 from gateway._probes import start_probes
+from gateway._server import MAX_MESSAGE_BYTES
 from protos.rollgate.v1 import gateway_pb2 as pb
 from protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
 
@@ -64,11 +65,13 @@ class Live:
 
 @asynccontextmanager
 async def live_gateway(config: GatewayConfig, security: Security | None = None,
-                       channel: Callable[[int], grpc.aio.Channel] | None = None) -> AsyncIterator[Live]:
+                       channel: Callable[[int], grpc.aio.Channel] | None = None,
+                       max_message_bytes: int = MAX_MESSAGE_BYTES) -> AsyncIterator[Live]:
     """A real gRPC gateway and its HTTP metrics port on 127.0.0.1, with a fresh metrics registry."""
     metrics = GatewayMetrics(registry=CollectorRegistry())
     async with GatewayCore(config, metrics=metrics) as core:
-        server, port = await create_server(config, "127.0.0.1:0", core=core, security=security)
+        server, port = await create_server(config, "127.0.0.1:0", core=core, security=security,
+                                           max_message_bytes=max_message_bytes)
         runner, mport = await start_probes(core, "127.0.0.1", 0, ready=lambda: True)
         try:
             ch = channel(port) if channel is not None else grpc.aio.insecure_channel(f"127.0.0.1:{port}")
