@@ -45,6 +45,7 @@ class Backend:
     failures: int = 0
     down_until: float = 0.0
     since_decrease: int = 0
+    warned_full: bool = False
 
     def cooling(self, now: float) -> bool:
         return now < self.down_until
@@ -71,6 +72,7 @@ class BackendPool:
         elif b.ceiling != cfg.max_concurrency:  # a hot-swap changed the ceiling
             b.ceiling = cfg.max_concurrency
             b.limit = min(b.limit, float(b.ceiling))
+            b.warned_full = False
             self._publish(b)
         return b
 
@@ -98,6 +100,7 @@ class BackendPool:
         backends = [self.backend(u, cfg) for u in urls]
         chosen = self._pick(backends, avoid)
         if chosen is None:
+            self._warn_at_ceiling(backends)
             label = backends[0].label
             gauge = self._metrics.queued.labels(label) if self._metrics is not None else None
             if gauge is not None:
@@ -113,6 +116,19 @@ class BackendPool:
                     gauge.dec()
         chosen.in_flight += 1
         return chosen
+
+    @staticmethod
+    def _warn_at_ceiling(backends: list[Backend]) -> None:
+        """Once: calls wait because the *configured* ceiling is reached (a 429-lowered limit logs on its own)."""
+        full = [b for b in backends if not b.warned_full and b.in_flight >= b.ceiling]
+        if len(full) < len(backends):
+            return
+        for b in full:
+            b.warned_full = True
+        log.warning("model calls wait for a slot: %s at model.max_concurrency (%d in flight each); raise it if the "
+                    "server takes more at once (vLLM: --max-num-seqs), or add replicas",
+                    ", ".join(b.label for b in backends), backends[0].ceiling,
+                    extra={"backend": backends[0].label})
 
     def release(self, b: Backend, result: Result, cfg: ModelEndpoint) -> None:
         """Give the slot back and learn from how the call went."""

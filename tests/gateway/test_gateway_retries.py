@@ -128,3 +128,16 @@ async def test_429_lowers_the_backend_concurrency_limit_and_success_raises_it(
     assert all(r.status == pb.ROLLOUT_STATUS_OK for r in results.values())
     assert lowered <= 8 and raised > lowered
     assert value(text, "rollgate_gateway_backend_concurrency_limit", backend=model.base_url) == raised
+
+
+async def test_calls_waiting_at_the_configured_ceiling_are_logged_once(
+        fake_resources: FakeResourcesServer, caplog: pytest.LogCaptureFixture) -> None:
+    async with FakeModelServer(latency_s=0.05) as model:
+        cfg = make_config(model.base_url, fake_resources.url, kind="single_turn", model={"max_concurrency": 3})
+        async with live_gateway(cfg) as gw:
+            with caplog.at_level("WARNING", logger="gateway.backends"):
+                results = await collect(gw.stub, [req(f"r{i}", task("say: y", "y")) for i in range(30)], window=30)
+    assert all(r.status == pb.ROLLOUT_STATUS_OK for r in results.values())
+    warnings = [r.getMessage() for r in caplog.records if "wait for a slot" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "model.max_concurrency (3 in flight each)" in warnings[0] and "--max-num-seqs" in warnings[0]
