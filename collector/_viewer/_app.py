@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from collector._viewer._index import Malformed, RolloutIndex, RowStatus, failures_sidecar, finite
+from collector._viewer._index import Malformed, Progress, RolloutIndex, RowStatus, failures_sidecar, finite
 from collector._viewer._query import FilterError, Query, compare, group_stats, run_query, search, summary, task_table
 
 __all__ = ["Viewer", "create_app"]
@@ -47,9 +47,9 @@ class Viewer:
     _summary: dict[str, Any] | None = None
 
     @classmethod
-    def open(cls, path: Path, compare_with: Path | None = None) -> Viewer:
-        a = RolloutIndex.build(_sources(path))
-        b = RolloutIndex.build(_sources(compare_with)) if compare_with is not None else None
+    def open(cls, path: Path, compare_with: Path | None = None, progress: Progress | None = None) -> Viewer:
+        a = RolloutIndex.build(_sources(path), progress)
+        b = RolloutIndex.build(_sources(compare_with), progress) if compare_with is not None else None
         return cls(a, b)
 
     def groups(self, run: str) -> dict[int, list[int]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -21,13 +21,17 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Malformed", "RolloutIndex", "RowStatus", "failures_sidecar"]
+__all__ = ["PROGRESS_EVERY_BYTES", "Malformed", "Progress", "RolloutIndex", "RowStatus", "failures_sidecar"]
 
 NAN = float("nan")
 # Keys the collector reserves; never treated as metrics.
 _RESERVED = frozenset({"responses_create_params", "response", "output", "_rollout", "error", "reward"})
 # A file whose rows carry many distinct numeric fields would otherwise grow one column per field name.
 MAX_METRICS = 32
+# How often ``build`` reports its progress, in bytes read.
+PROGRESS_EVERY_BYTES = 64 * 2**20
+# ``progress(bytes_done, bytes_total)``
+Progress = Callable[[int, int], None]
 _RAW_PREVIEW = 2000
 
 
@@ -94,11 +98,27 @@ class RolloutIndex:
         return len(self.offset)
 
     @classmethod
-    def build(cls, paths: Sequence[Path]) -> RolloutIndex:
-        """Index ``paths`` in one pass each; an unreadable file raises ``OSError``."""
+    def build(cls, paths: Sequence[Path], progress: Progress | None = None,
+              every_bytes: int = PROGRESS_EVERY_BYTES) -> RolloutIndex:
+        """Index ``paths`` in one pass each; an unreadable file raises ``OSError``.
+
+        ``progress(done, total)`` (bytes over all the files) is called every ``every_bytes`` and at the end.
+        """
         index = cls(paths=list(paths))
+        total = sum(path.stat().st_size for path in index.paths)
+        done = 0
         for src, path in enumerate(index.paths):
-            index._scan(src, path)
+            report = None
+            if progress is not None:
+                base = done
+
+                def report(pos: int) -> None:
+                    progress(base + pos, total)
+
+            index._scan(src, path, report, every_bytes)
+            done = index.bytes_total
+        if progress is not None:
+            progress(done, total)
         return index
 
     def _label(self, text: Any) -> int:
@@ -111,7 +131,8 @@ class RolloutIndex:
             self.labels.append(name)
             return len(self.labels) - 1
 
-    def _scan(self, src: int, path: Path) -> None:
+    def _scan(self, src: int, path: Path, report: Callable[[int], None] | None = None,
+              every_bytes: int = PROGRESS_EVERY_BYTES) -> None:
         # The hot loop of opening a file: bound methods in locals, and metric discovery only when a row's key set
         # differs from the previous row's (in a collector's output it almost never does).
         add_source, add_offset, add_line = self.source.append, self.offset.append, self.line.append
@@ -121,9 +142,15 @@ class RolloutIndex:
         last_keys: Any = None
         row_metrics: list[tuple[str, array[float]]] = []
         pos = 0
+        # One int comparison per line: the report costs nothing when nobody listens (``next_report`` unreachable).
+        next_report = every_bytes if report is not None else 1 << 62
         with open(path, "rb", buffering=1 << 20) as fh:
             for lineno, raw in enumerate(fh, start=1):
                 start, pos = pos, pos + len(raw)
+                if pos >= next_report:
+                    assert report is not None
+                    report(pos)
+                    next_report = pos + every_bytes
                 if not raw.strip():
                     continue
                 n = len(self.offset)

@@ -72,6 +72,21 @@ async def serve(viewer: Viewer, sock: socket.socket, on_ready: Callable[[str], N
     await task
 
 
+def _progress_printer(min_interval_s: float = 1.0) -> Callable[[int, int], None]:
+    """Lines such as ``indexing: 37% (380 of 1,024 MB)`` on stderr while a big file is read (at most one a second)."""
+    last = [time.monotonic()]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - last[0] < min_interval_s:
+            return
+        last[0] = now
+        print(f"indexing: {100 * done // max(total, 1)}% ({done / 1e6:,.0f} of {total / 1e6:,.0f} MB)",
+              file=sys.stderr, flush=True)
+
+    return report
+
+
 def viewer_main(argv: list[str]) -> int:
     def body() -> int:
         cfg = parse_cli(argv, ViewerConfig, positional=("input_jsonl_fpath",))
@@ -81,7 +96,7 @@ def viewer_main(argv: list[str]) -> int:
                 return 2
         t0 = time.perf_counter()
         try:
-            viewer = Viewer.open(cfg.input_jsonl_fpath, cfg.compare_jsonl_fpath)
+            viewer = Viewer.open(cfg.input_jsonl_fpath, cfg.compare_jsonl_fpath, progress=_progress_printer())
         except OSError as exc:
             print(f"error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
             return 2

@@ -6,8 +6,11 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from collector._viewer import RolloutIndex
 from collector._viewer._index import Malformed, RowStatus
+from collector._viewer._main import _progress_printer
 from collector._viewer._query import FilterError, Query, matching, parse_filter, search
 from tests.viewer.rows import failure, rollout
 
@@ -82,3 +85,23 @@ def test_text_search_finds_rows_across_chunk_boundaries(tmp_path: Path) -> None:
     assert search(index, "OSLO", chunk=97) == expected
     assert search(index, "oslo") == expected
     assert search(index, "no such text anywhere") == set()
+
+
+def test_progress_is_reported_in_bytes_over_all_files(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    main, side = tmp_path / "r.jsonl", tmp_path / "r.jsonl.failures"
+    main.write_text("".join(json.dumps(rollout(i, 0, 1.0)) + "\n" for i in range(200)))
+    side.write_text("".join(json.dumps(failure(i, 1)) + "\n" for i in range(50)))
+    total = main.stat().st_size + side.stat().st_size
+    seen: list[tuple[int, int]] = []
+    index = RolloutIndex.build([main, side], lambda done, of: seen.append((done, of)), every_bytes=4096)
+    assert len(index) == 250 and index.bytes_total == total
+    assert len(seen) >= 10 and all(of == total for _, of in seen)
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and done[-1] == total
+    assert any(main.stat().st_size < d < total for d in done)  # the second file counts from where the first ended
+    # The CLI's printer: a line per report while reading, nothing once done.
+    report = _progress_printer(min_interval_s=0)
+    report(380_000_000, 1_024_000_000)
+    report(total, total)
+    assert capsys.readouterr().err == "indexing: 37% (380 of 1,024 MB)\n"
