@@ -120,6 +120,10 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.waiter is None:
+            # Bytes nobody asked for on an idle connection: whatever they are, this connection is out of step.
+            self.abort()
+            return
         self._received = True
         try:
             self.parser.feed_data(data)
@@ -141,6 +145,11 @@ class _Connection(asyncio.Protocol):
         waiter.set_exception(H1Error(f"the server closed the connection {what}{reason}", sent=True))
 
     # -- httptools callbacks ---------------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.waiter is None:
+            # A second answer right behind the first, in the same bytes: out of step, never reused.
+            self.abort()
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
 

@@ -152,6 +152,24 @@ def test_chunked_close_delimited_and_compressed_bodies_arrive_whole(loop: str) -
 
 
 @LOOPS
+def test_bytes_on_an_idle_connection_retire_it(loop: str) -> None:
+    async def chatty(_req: Request, writer: asyncio.StreamWriter) -> None:
+        # The answer, then half of a second one nobody asked for.
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Le")
+        await writer.drain()
+
+    async def main() -> None:
+        client = H1Client()
+        async with raw_server(chatty) as server:
+            for _ in range(3):
+                assert (await client.post(server.url, b"{}", {}, timeout_s=5))[3] == b"ok"
+                await asyncio.sleep(0.05)
+            assert server.connections == 3  # each connection was dropped, never reused out of step
+        await client.close()
+    _run(main, loop)
+
+
+@LOOPS
 def test_an_interim_answer_is_skipped_for_the_real_one(loop: str) -> None:
     async def interim(_req: Request, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
