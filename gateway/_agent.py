@@ -190,6 +190,8 @@ class GatewayCore:
         return config.agents[agent]
 
     async def aclose(self) -> None:
+        if self.verify_batches is not None:
+            await self.verify_batches.aclose()
         if self._http is not None:
             await self._http.close()
             self._http = None

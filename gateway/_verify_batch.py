@@ -86,6 +86,12 @@ class VerifyBatches:
         self.requests = 0
         self.items = 0
 
+    async def aclose(self) -> None:
+        """Cancel the batch requests still in flight (their rollouts are being cancelled too)."""
+        for task in list(self._sending):
+            task.cancel()
+        await asyncio.gather(*self._sending, return_exceptions=True)
+
     async def verify(self, base_url: str, headers: dict[str, str], body: dict[str, Any], *, limit: int,
                      timeout_s: float) -> Answer | None:
         """This rollout's ``/verify`` answer, sent in a batch; None when it must be sent alone instead."""
