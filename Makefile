@@ -42,7 +42,7 @@ test: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(PY) -m mypy
 
-# Benchmarks (not part of `make test`): about 20 minutes on 2 cores; results into bench/RESULTS.md.
+# Benchmarks (not part of `make test`): about 12 minutes on 2 cores; results into bench/RESULTS.md.
 bench: $(VENV)/.installed-dev
 	$(PIP) install --quiet -e '.[dev,bench]'
 	$(PY) bench/run.py --write
