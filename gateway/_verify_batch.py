@@ -99,20 +99,26 @@ class VerifyBatches:
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue(f"{base_url}/verify_batch", headers, limit)
-            asyncio.get_running_loop().call_soon(self._flush, key)
+            # The task's first step runs on the next loop iteration: by then every call made in this one is queued.
+            self._track(asyncio.get_running_loop().create_task(self._flush(key)))
         queue.limit = min(limit, MAX_BATCH_ITEMS)
         item = _Item(orjson.dumps(body), asyncio.get_running_loop().create_future(), timeout_s)
         queue.items.append(item)
         return await item.future
 
-    def _flush(self, key: tuple[str, tuple[tuple[str, str], ...]]) -> None:
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _flush(self, key: tuple[str, tuple[tuple[str, str], ...]]) -> None:
         queue = self._queues.pop(key)
         # A rollout cancelled while it waited here (its deadline) needs no score.
         waiting = [item for item in queue.items if not item.future.done()]
-        for chunk in _chunks(waiting, queue.limit):
-            task = asyncio.get_running_loop().create_task(self._send(queue, chunk))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+        chunks = _chunks(waiting, queue.limit)
+        for chunk in chunks[1:]:  # rare: more than one request's worth finished together
+            self._track(asyncio.get_running_loop().create_task(self._send(queue, chunk)))
+        if chunks:
+            await self._send(queue, chunks[0])
 
     async def _send(self, queue: _Queue, chunk: list[_Item]) -> None:
         self.requests += 1
