@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import numbers
@@ -76,6 +77,7 @@ class VerifierCore:
         self.reloads = 0
         # Insertion order = age, so the oldest abandoned session is evicted first when full.
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._evictions: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -127,8 +129,9 @@ class VerifierCore:
     async def seed_session(self, body: dict[str, Any]) -> Session:
         session = Session(id=secrets.token_urlsafe(18))
         while len(self._sessions) >= self.max_sessions:
-            old_id, _ = self._sessions.popitem(last=False)
-            log.warning("session limit %d reached: forgot the oldest session %s", self.max_sessions, old_id)
+            old_id, old = self._sessions.popitem(last=False)
+            log.warning("session limit %d reached: closing the oldest session %s", self.max_sessions, old_id)
+            self._close_evicted(old)
         self._sessions[session.id] = session
         hook = self.loaded.seed_hook
         if hook is not None:
@@ -142,6 +145,22 @@ class VerifierCore:
                 log.exception("seed_session raised")
                 raise SessionHookFailed(f"seed_session raised {type(exc).__name__}: {exc}") from exc
         return session
+
+    def _close_evicted(self, session: Session) -> None:
+        """An abandoned session (its rollout never closed it) still gets the close hook: it may hold resources."""
+        hook = self.loaded.close_hook
+        if hook is None:
+            return
+
+        async def close() -> None:
+            try:
+                await hook.call((), {}, session)
+            except Exception:
+                log.exception("close_session raised for an evicted session")
+
+        task = asyncio.get_running_loop().create_task(close())
+        self._evictions.add(task)
+        task.add_done_callback(self._evictions.discard)
 
     async def close_session(self, session_id: str | None) -> dict[str, Any]:
         # Closing twice, or a session this process never saw, is not an error: the rollout is over either way.

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from tests.verifier.verifier_helpers import answer_response, client
 
-from verifier import load_target
+from verifier import VerifierCore, load_target
 
 WriteModule = Callable[..., str]
 
@@ -383,3 +383,16 @@ async def test_metrics_count_outcomes_per_endpoint(serve: Any, http: aiohttp.Cli
     assert "some_tool_name" not in text  # a client-typed path never becomes a label
     assert "rollgate_verifier_sessions 1.0" in text
     assert 'rollgate_verifier_request_duration_seconds_count{endpoint="verify"} 3.0' in text
+
+
+async def test_a_session_evicted_at_the_limit_still_gets_its_close_hook(user_module: WriteModule) -> None:
+    # Rollouts that never closed their sessions (a gateway killed mid-run) must not leak what the hook frees.
+    loaded = load_target(f"{user_module(STATEFUL)}:Counter")
+    core = VerifierCore(loaded, max_sessions=2)
+    for start in (1, 2, 3):
+        await core.seed_session({"start": start})
+    async with asyncio.timeout(5):
+        while not loaded.instance.closed:  # type: ignore[union-attr]
+            await asyncio.sleep(0.01)
+    assert loaded.instance.closed == [1]  # type: ignore[union-attr]
+    assert core.session_count == 2
