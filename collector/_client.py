@@ -319,8 +319,9 @@ class _Run:
             requests = []
             for spec in batch:
                 request = to_request(spec, agent, deadline_s)
-                if request.ByteSize() + _ENVELOPE_BYTES > self.client.max_message_bytes:
-                    self._too_big(spec, request.ByteSize())
+                size = request.ByteSize()
+                if size + _ENVELOPE_BYTES > self.client.max_message_bytes:
+                    self._too_big(spec, size)
                     continue
                 requests.append(request)
                 mine[spec.rollout_id] = spec  # tracked before the write, so a failed write is resent

@@ -192,13 +192,12 @@ class ResourcesSession:
 
     async def _verify_once(self, body: dict[str, Any]) -> Answer:
         """One ``/verify`` call: in a batch when this rollout has no session and the verifier batches."""
-        limit = self._hints.batch_limit(self._base) if self._hints is not None else 0
-        if self.skipped_seed and limit and self._batches is not None:
-            ans = await self._batches.verify(self._base, self._auth, body, limit=limit,
-                                             timeout_s=self._cfg.timeouts.verify_s)
+        hints, batches = self._hints, self._batches
+        if self.skipped_seed and hints is not None and batches is not None and hints.batch_limit(self._base):
+            ans = await batches.verify(self._base, self._auth, body, limit=hints.batch_limit(self._base),
+                                       timeout_s=self._cfg.timeouts.verify_s)
             if ans is not None:
-                assert self._hints is not None
-                self._hints.learn(self._base, ans.headers)
+                hints.learn(self._base, ans.headers)
                 return ans
             # Refused as a batch (404/405/413): alone, and that answer's headers say whether to batch again.
         return await self._post("verify", body, error=VerifyError, timeout_s=self._cfg.timeouts.verify_s)

@@ -110,22 +110,28 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         self.core = core
         self.max_message_bytes = max_message_bytes
 
-    async def _one(self, msg: pb.RolloutRequest) -> pb.RolloutResult:
+    async def _one(self, msg: pb.RolloutRequest) -> tuple[pb.RolloutResult, int]:
+        """The rollout's result and its size in bytes (measured once: the stream batches by it too)."""
         result = outcome_to_pb(await self.core.run_rollout(request_from_pb(msg)))
         size = result.ByteSize()
         if size + _ENVELOPE_BYTES > self.max_message_bytes:
             # Sent as it is, it would end the whole stream; as a failed rollout, only this one is lost.
-            log.warning("rollout %s: its result is %.1f MiB, over the %.0f MiB message limit; sent as failed",
-                        msg.rollout_id, size / 2**20, self.max_message_bytes / 2**20)
-            failed = pb.RolloutResult(rollout_id=result.rollout_id, status=_FAILED, model=result.model,
-                                      attempts=result.attempts, verifier_version=result.verifier_version)
-            failed.timings.CopyFrom(result.timings)
-            error = failed.error
-            error.stage, error.kind = "gateway", "invalid_response"
-            error.message = (f"the rollout's result is {size / 2**20:.1f} MiB, over the gateway's message limit of "
-                             f"{self.max_message_bytes / 2**20:.0f} MiB (gateway serve --max-message-mb)")
-            return failed
-        return result
+            result = self._too_big(result, size)
+            size = result.ByteSize()
+        return result, size
+
+    def _too_big(self, result: pb.RolloutResult, size: int) -> pb.RolloutResult:
+        limit_mib = self.max_message_bytes / 2**20
+        log.warning("rollout %s: its result is %.1f MiB, over the %.0f MiB message limit; sent as failed",
+                    result.rollout_id, size / 2**20, limit_mib)
+        failed = pb.RolloutResult(rollout_id=result.rollout_id, status=_FAILED, model=result.model,
+                                  attempts=result.attempts, verifier_version=result.verifier_version)
+        failed.timings.CopyFrom(result.timings)
+        error = failed.error
+        error.stage, error.kind = "gateway", "invalid_response"
+        error.message = (f"the rollout's result is {size / 2**20:.1f} MiB, over the gateway's message limit of "
+                         f"{limit_mib:.0f} MiB (gateway serve --max-message-mb)")
+        return failed
 
     async def Collect(  # noqa: N802 (generated name)
         self, request_iterator: AsyncIterator[pb.CollectRequest], context: grpc.aio.ServicerContext[Any, Any],
@@ -183,10 +189,11 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                         failure = item
                         break
                     else:
-                        assert isinstance(item, pb.RolloutResult)
+                        assert isinstance(item, tuple)
+                        result, result_size = item
                         pending -= 1
-                        batch.append(item)
-                        size += item.ByteSize()
+                        batch.append(result)
+                        size += result_size
                         if len(batch) >= MAX_RESULTS_PER_MESSAGE or size >= MAX_BATCH_BYTES:
                             break
                     if queue.empty():
@@ -213,7 +220,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     ) -> pb.RolloutResult:
         if self.core.draining.is_set():
             await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway is shutting down")
-        return await self._one(request)
+        result, _ = await self._one(request)
+        return result
 
     async def ListAgents(  # noqa: N802
         self, request: pb.ListAgentsRequest, context: grpc.aio.ServicerContext[Any, Any],

@@ -44,12 +44,13 @@ from verifier._fastpath import (
     VERSION_HEADER,
     FastPath,
     error_body,
+    failure,
     json_body,
     parse_body,
 )
 from verifier._loader import LoadedVerifier, load_target
 from verifier._metrics import VerifierMetrics
-from verifier.errors import RequestError, RequestTooLarge
+from verifier.errors import RequestTooLarge
 
 __all__ = ["SESSION_COOKIE", "create_app"]
 
@@ -124,13 +125,9 @@ async def _guarded(answer: Awaitable[Response]) -> tuple[Response, str]:
     """Every route's errors become structured bodies here; nothing user-made reaches the client as a trace."""
     try:
         return await answer, "ok"
-    except RequestError as exc:
-        if exc.status >= 500:
-            log.warning("%s: %s", exc.kind, exc.message)
-        return _error(exc.kind, exc.message, exc.status), exc.kind
-    except Exception:
-        log.exception("internal error")
-        return _error("internal", "internal error in the verifier server; see its log", 500), "internal"
+    except Exception as exc:
+        status, kind, message = failure(exc)
+        return _error(kind, message, status), kind
 
 
 async def _read_object(request: Request, *, max_bytes: int, allow_empty: bool) -> dict[str, Any]:

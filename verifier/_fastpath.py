@@ -36,7 +36,7 @@ from verifier._metrics import VerifierMetrics
 from verifier.errors import InvalidRequest, InvalidResult, RequestError, RequestTooLarge
 
 __all__ = ["BATCH_HEADER", "MAX_VERIFY_BATCH", "SESSION_COOKIE", "SESSION_HEADER", "VERSION_HEADER", "FastPath",
-           "error_body", "json_body"]
+           "error_body", "failure", "json_body"]
 
 log = logging.getLogger("verifier")
 
@@ -118,6 +118,21 @@ def parse_body(raw: bytes, *, allow_empty: bool) -> dict[str, Any]:
     return value
 
 
+def failure(exc: Exception) -> tuple[int, str, str]:
+    """The status, kind and message that answer ``exc``; what the operator must see goes to the log."""
+    if isinstance(exc, RequestError):
+        if exc.status >= 500:
+            log.warning("%s: %s", exc.kind, exc.message)
+        return exc.status, exc.kind, exc.message
+    log.error("internal error", exc_info=exc)
+    return 500, "internal", "internal error in the verifier server; see its log"
+
+
+def _error_item(status: int, kind: str, message: str, version: str, session: str) -> dict[str, Any]:
+    """One failed ``/verify_batch`` result."""
+    return {"status": status, "version": version, "session": session, "error": {"kind": kind, "message": message}}
+
+
 # A route: (scope, receive) -> (status, body, extra headers, version, session mode)
 _Answer = tuple[int, bytes, Headers, str, str]
 _Route = Callable[[Scope, Receive], Awaitable[_Answer]]
@@ -155,16 +170,9 @@ class FastPath:
             status, body, headers, version, mode = await answer(scope, receive)
         except _ClientGone:
             return
-        except RequestError as exc:
-            if exc.status >= 500:
-                log.warning("%s: %s", exc.kind, exc.message)
-            outcome = exc.kind
-            status, body, headers = exc.status, error_body(exc.kind, exc.message), []
-            version, mode = self.core.version, self.core.session_mode
-        except Exception:
-            log.exception("internal error")
-            outcome = "internal"
-            status, body, headers = 500, error_body("internal", "internal error in the verifier server; see its log"), []
+        except Exception as exc:
+            status, outcome, message = failure(exc)
+            body, headers = error_body(outcome, message), []
             version, mode = self.core.version, self.core.session_mode
         headers += [
             _JSON_TYPE,
@@ -202,12 +210,12 @@ class FastPath:
             answer = json_body({"results": [self._serialisable(r) for r in results]})
         return 200, answer, [], self.core.version, self.core.session_mode
 
-    def _serialisable(self, item: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _serialisable(item: dict[str, Any]) -> dict[str, Any]:
         try:
             json_body(item)
         except InvalidResult as exc:
-            return {"status": exc.status, "version": item["version"], "session": item["session"],
-                    "error": {"kind": exc.kind, "message": exc.message}}
+            return _error_item(exc.status, exc.kind, exc.message, item["version"], item["session"])
         return item
 
     async def _batch_item(self, item: Any, session_id: str | None) -> dict[str, Any]:
@@ -216,17 +224,10 @@ class FastPath:
             if not isinstance(item, dict):
                 raise InvalidRequest(f"each request must be a JSON object, got {json_type(item)}")
             fields, loaded = await self.core.verify_fields(item, session_id)
-        except RequestError as exc:
-            if exc.status >= 500:
-                log.warning("%s: %s", exc.kind, exc.message)
-            self.metrics.observe("verify", exc.kind, time.perf_counter() - started)
-            return {"status": exc.status, "version": self.core.version, "session": self.core.session_mode,
-                    "error": {"kind": exc.kind, "message": exc.message}}
-        except Exception:
-            log.exception("internal error")
-            self.metrics.observe("verify", "internal", time.perf_counter() - started)
-            return {"status": 500, "version": self.core.version, "session": self.core.session_mode,
-                    "error": {"kind": "internal", "message": "internal error in the verifier server; see its log"}}
+        except Exception as exc:
+            status, kind, message = failure(exc)
+            self.metrics.observe("verify", kind, time.perf_counter() - started)
+            return _error_item(status, kind, message, self.core.version, self.core.session_mode)
         self.metrics.reward(fields["reward"])
         self.metrics.observe("verify", "ok", time.perf_counter() - started)
         return {"status": 200, "version": loaded.version, "session": session_mode(loaded), "fields": fields}
