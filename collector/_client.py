@@ -1,8 +1,14 @@
 """The gRPC side of the collector: check the agent, then ``Collect`` streams with flow control and reconnects.
 
 Flow control: a slot is taken before a rollout is handed to a stream and given back when its result arrives (or
-it is given up), so at most ``max_in_flight`` rollouts are in flight in total, over every stream. Results come
-back in any order and are matched by rollout id; ``on_result`` is called exactly once per spec.
+it is given up), so at most ``max_in_flight`` rollouts run at once, over every stream. Results come back in any
+order and are matched by rollout id; ``on_result`` is called exactly once per spec.
+
+Working ahead: a gateway that says ``runs_ahead`` takes a per-stream ``max_running``; the stream's share of
+``max_in_flight`` runs there and as many rollouts again wait at the gateway, so a finished rollout's successor
+starts there at once instead of after a round trip to the collector (which would otherwise idle every slot for
+that round trip: milliseconds on one box, tens over a WAN). The shares sum to ``max_in_flight``, so the model
+servers never see more than the user asked for. An older gateway gets no more than ``max_in_flight``.
 
 Batching: a stream sends every rollout that is ready when it writes (its share of the queue, at most
 ``MAX_BATCH``) in one ``CollectRequest``, and reads ``CollectResponse`` messages of any size; it never waits to
@@ -106,6 +112,8 @@ class GatewayClient:
         # The largest message the gateway takes (from ListAgents): a rollout whose request alone is larger fails
         # here, by itself, instead of breaking the stream for every rollout on it.
         self.max_message_bytes = DEFAULT_GATEWAY_MESSAGE_BYTES
+        # The gateways honour CollectRequest.max_running, so rollouts may wait there (from ListAgents).
+        self.runs_ahead = False
 
     async def __aenter__(self) -> GatewayClient:
         return self
@@ -136,6 +144,9 @@ class GatewayClient:
             for problem in problems:
                 _log(f"warning: gateway {problem}; using the others")
             self.max_message_bytes = min(reply.max_message_bytes or DEFAULT_GATEWAY_MESSAGE_BYTES, MAX_MESSAGE_BYTES)
+            # Several addresses may be gateways of different versions; only the first to answer is asked, so a
+            # DNS name (one Deployment) or a single address is trusted, and a list of several is not.
+            self.runs_ahead = reply.runs_ahead and len(self.endpoints) == 1
             return list(reply.agents)
         raise GatewayUnreachable(self.address, "; ".join(problems))
 
@@ -151,11 +162,8 @@ class GatewayClient:
     ) -> None:
         """Run every spec through the gateway streams; ``on_result`` is called exactly once per spec."""
         run = _Run(self, agent, deadline_s, max_in_flight, on_result)
-        workers = [
-            asyncio.create_task(run.worker(endpoint))
-            for endpoint in self.endpoints
-            for _ in range(endpoint.streams)
-        ]
+        streams = [endpoint for endpoint in self.endpoints for _ in range(endpoint.streams)]
+        workers = [asyncio.create_task(run.worker(endpoint, wid)) for wid, endpoint in enumerate(streams)]
         watchdog = asyncio.create_task(run.watchdog())
         try:
             await run.produce(specs, admit)
@@ -175,14 +183,20 @@ class _Run:
         self.client = client
         self.agent = agent
         self.deadline_s = deadline_s
-        # The gateway enforces deadline_s itself; the collector waits a little longer before giving up.
-        self.give_up_s = deadline_s + max(5.0, 0.1 * deadline_s)
+        self.max_running = max_in_flight
+        self.ahead = client.runs_ahead
+        # The gateway enforces deadline_s itself; the collector waits a little longer before giving up — and, when
+        # rollouts wait at the gateway, for as long again, since one may wait a whole rollout for its place.
+        self.give_up_s = (2 if self.ahead else 1) * deadline_s + max(5.0, 0.1 * deadline_s)
         self.on_result = on_result
-        self.slots = asyncio.Semaphore(max_in_flight)
+        self.slots = asyncio.Semaphore(2 * max_in_flight if self.ahead else max_in_flight)
         self.outstanding: dict[str, tuple[RolloutSpec, float]] = {}  # id -> (spec, last sent at)
         self.queue: deque[RolloutSpec] = deque()  # taken (slot held) but not on a stream: new or to resend
         self.produced_all = False
         self.live_workers = sum(e.streams for e in client.endpoints)
+        # The streams up now, by worker id: max_in_flight is shared among them, so one that is reconnecting
+        # leaves its part to the others.
+        self.connected = list(range(self.live_workers))
         self.dead_reason: str | None = None
         self._changed = asyncio.Event()
 
@@ -191,6 +205,19 @@ class _Run:
         # A fresh event per change: every waiter captured the old one synchronously, so no wake-up is lost.
         event, self._changed = self._changed, asyncio.Event()
         event.set()
+
+    def share(self, wid: int) -> int:
+        """How many rollouts stream ``wid`` may have running: its part of ``max_in_flight`` among live streams."""
+        if wid not in self.connected:
+            return 0
+        whole, rest = divmod(self.max_running, len(self.connected))
+        return whole + (self.connected.index(wid) < rest)
+
+    def room(self, wid: int, mine: dict[str, RolloutSpec]) -> int:
+        """How many more rollouts stream ``wid`` may send now, at most ``MAX_BATCH``."""
+        if not self.ahead:
+            return MAX_BATCH  # the slots alone bound what runs
+        return min(max(2 * self.share(wid) - len(mine), 0), MAX_BATCH)
 
     @property
     def finished(self) -> bool:
@@ -225,16 +252,17 @@ class _Run:
         self.produced_all = True
         self.notify()
 
-    async def next_batch(self) -> list[RolloutSpec]:
-        """The specs a stream sends next (resends first, then new work); empty once everything is answered.
+    async def next_batch(self, wid: int, mine: dict[str, RolloutSpec]) -> list[RolloutSpec]:
+        """The specs stream ``wid`` sends next (resends first, then new work); empty once everything is answered.
 
         Waits only for the first one; then takes what else is ready now — this stream's share of the queue when
-        several streams are live, so work still spreads over gateways — up to ``MAX_BATCH``.
+        several streams are live, so work still spreads over gateways — up to ``MAX_BATCH`` and the stream's room.
         """
         while True:
-            if self.queue:
+            room = self.room(wid, mine)
+            if self.queue and room:
                 share = -(-len(self.queue) // max(self.live_workers, 1))
-                limit = min(MAX_BATCH, share)
+                limit = min(share, room)
                 batch: list[RolloutSpec] = []
                 size = 0
                 while self.queue and len(batch) < limit:
@@ -254,7 +282,7 @@ class _Run:
             await self._changed.wait()
 
     # -- one stream worker -------------------------------------------------------------------------------------
-    async def worker(self, endpoint: Endpoint) -> None:
+    async def worker(self, endpoint: Endpoint, wid: int) -> None:
         stub = pb_grpc.GatewayStub(endpoint.channel)
         down_since: float | None = None
         attempt = 0
@@ -262,7 +290,7 @@ class _Run:
             mine: dict[str, RolloutSpec] = {}
             answered: list[int] = [0]
             call = stub.Collect(metadata=self.client.metadata)
-            sender = asyncio.create_task(self._send(call, mine))
+            sender = asyncio.create_task(self._send(call, mine, wid))
             try:
                 reason = await self._receive(call, mine, answered)
             finally:
@@ -271,6 +299,8 @@ class _Run:
                 call.cancel()
             if reason is None:
                 return
+            if wid in self.connected:
+                self.connected.remove(wid)
             # Whatever this stream still owed goes back to the front, in order, for any stream to resend.
             owed = sorted((s for s in mine.values() if s.rollout_id in self.outstanding), key=lambda s: s.seq)
             self.queue.extendleft(reversed(owed))
@@ -285,6 +315,7 @@ class _Run:
                 return
             if not await self._reconnect(endpoint, down_since, attempt, reason):
                 return
+            self.connected = sorted([*self.connected, wid])
             attempt += 1
 
     async def _reconnect(self, endpoint: Endpoint, down_since: float, attempt: int, reason: str) -> bool:
@@ -308,10 +339,10 @@ class _Run:
         return False
 
     async def _send(self, call: grpc.aio.StreamStreamCall[pb.CollectRequest, pb.CollectResponse],
-                    mine: dict[str, RolloutSpec]) -> None:
+                    mine: dict[str, RolloutSpec], wid: int) -> None:
         agent, deadline_s = self.agent, self.deadline_s
         while True:
-            batch = await self.next_batch()
+            batch = await self.next_batch(wid, mine)
             if not batch:
                 await call.done_writing()
                 return
@@ -330,7 +361,7 @@ class _Run:
                 continue
             self.client.messages_sent += 1
             try:
-                await call.write(pb.CollectRequest(rollouts=requests))
+                await call.write(pb.CollectRequest(rollouts=requests, max_running=self.share(wid) if self.ahead else 0))
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 return  # the stream is gone; the receiver sees why and the worker resends ``mine``
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -138,26 +139,53 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     ) -> AsyncIterator[pb.CollectResponse]:
         queue: asyncio.Queue[object] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
-        pending = 0
+        # Rollouts sent ahead of the client's ``max_running`` wait here, in order, for a running one to end.
+        waiting: deque[pb.RolloutRequest] = deque()
+        limit = 0  # the client's latest max_running; 0: no limit
+        running = 0
+        pending = 0  # taken and not yet answered: running or waiting
+
+        def room() -> bool:
+            return not draining.is_set() and (limit == 0 or running < limit)
 
         async def run(msg: pb.RolloutRequest) -> None:
-            queue.put_nowait(await self._one(msg))
+            # The next waiting rollout starts in this same task the moment this one ends: no hop through the
+            # reader, and no new task per rollout while the stream is saturated.
+            nonlocal running
+            try:
+                while True:
+                    queue.put_nowait(await self._one(msg))
+                    running -= 1
+                    if not waiting or not room():
+                        return
+                    running += 1
+                    msg = waiting.popleft()
+            except BaseException:
+                running -= 1
+                raise
+
+        def start(msg: pb.RolloutRequest) -> None:
+            nonlocal running
+            running += 1
+            task = asyncio.create_task(run(msg))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
         draining = self.core.draining
         if draining.is_set():
             await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway is shutting down")
 
         async def reader() -> None:
-            nonlocal pending
+            nonlocal pending, limit
             try:
                 async for req in request_iterator:
                     if draining.is_set():
                         return  # not started: the client sees UNAVAILABLE and resends elsewhere
-                    for msg in req.rollouts:
-                        pending += 1
-                        task = asyncio.create_task(run(msg))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
+                    limit = req.max_running
+                    pending += len(req.rollouts)
+                    waiting.extend(req.rollouts)
+                    while waiting and room():
+                        start(waiting.popleft())
             except Exception as exc:  # the request stream broke: end the call with that error
                 queue.put_nowait(exc)
             queue.put_nowait(_READER_DONE)
@@ -170,6 +198,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         drain_task = asyncio.create_task(on_drain())
         reading = True
         drained = False
+        dropped = 0  # waiting rollouts a drain gave back unstarted
         try:
             while reading or pending:
                 if drained and not pending:
@@ -185,6 +214,9 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                         reading = False
                     elif item is _DRAIN:
                         drained = True
+                        # Not started: the client resends them to another gateway.
+                        dropped, pending = len(waiting), pending - len(waiting)
+                        waiting.clear()
                     elif isinstance(item, Exception):
                         failure = item
                         break
@@ -203,7 +235,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                     yield pb.CollectResponse(results=batch)
                 if failure is not None:
                     raise failure
-            if drained and reading:
+            if drained and (reading or dropped):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway is shutting down; resend the rest")
         finally:
             # Normal end: nothing is left. Client gone or stream error: cancel what is still running.
@@ -231,4 +263,4 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                          verifier_url=cfg.verifier_url, max_steps=cfg.max_steps)
             for name, cfg in sorted(self.core.config.agents.items())
         ]
-        return pb.ListAgentsResponse(agents=agents, max_message_bytes=self.max_message_bytes)
+        return pb.ListAgentsResponse(agents=agents, max_message_bytes=self.max_message_bytes, runs_ahead=True)

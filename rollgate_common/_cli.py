@@ -13,11 +13,11 @@ underscores. Values are typed the way OmegaConf types a dotlist, then validated 
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from omegaconf import OmegaConf
 from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
@@ -41,8 +41,42 @@ def _help_text(model: type[BaseModel], positional: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+# No leading zeros: YAML 1.1 reads 010 as octal.
+_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_FLOAT = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+")
+# Names, paths and addresses: a letter or slash first, then only characters YAML leaves alone (a final colon
+# would make a mapping).
+_PLAIN = re.compile(r"(?:[A-Za-z]|\.{0,2}/)[A-Za-z0-9_./:-]*(?<!:)")
+# The words YAML 1.1 (OmegaConf reads dotlist values as YAML) makes booleans or null, in their exact spellings.
+_WORDS: dict[str, bool | None] = {
+    **{w: True for a in ("true", "yes", "on") for w in (a, a.capitalize(), a.upper())},
+    **{w: False for a in ("false", "no", "off") for w in (a, a.capitalize(), a.upper())},
+    **{w: None for w in ("null", "Null", "NULL")},
+}
+_UNHANDLED = object()
+
+
+def _fast_value(raw: str) -> Any:
+    """What OmegaConf would make of the common simple values, without importing it (a tenth of the collector's
+    start-up); ``_UNHANDLED`` for anything else. A test holds this equal to OmegaConf on a generated corpus."""
+    if _INT.fullmatch(raw):
+        return int(raw)
+    if _FLOAT.fullmatch(raw):
+        return float(raw)
+    if raw in _WORDS:
+        return _WORDS[raw]
+    if _PLAIN.fullmatch(raw):
+        return raw
+    return _UNHANDLED
+
+
 def _typed_value(key: str, raw: str) -> Any:
+    value = _fast_value(raw)
+    if value is not _UNHANDLED:
+        return value
     # OmegaConf's dotlist grammar gives null/ints/floats/bools/lists the way the documented commands expect.
+    from omegaconf import OmegaConf  # here: most command lines never need it
+
     try:
         conf = OmegaConf.from_dotlist([f"v={raw}"])
         return OmegaConf.to_container(conf, resolve=False)["v"]  # type: ignore[call-overload,index]

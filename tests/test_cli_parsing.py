@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -76,3 +77,33 @@ def test_help_lists_keys_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> N
     assert run_cli(lambda: int(bool(parse_cli(["--help"], _Cfg)))) == 0
     out = capsys.readouterr().out
     assert "agent_name" in out and "required" in out and "num_repeats" in out and "default 1" in out
+
+
+def _omegaconf_value(raw: str) -> Any:
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={raw}"]), resolve=False)["v"]  # type: ignore[call-overload,index]
+    except Exception as exc:  # noqa: BLE001 (any grammar error)
+        return exc
+
+
+def test_fast_values_equal_omegaconf_on_a_generated_corpus() -> None:
+    """The start-up fast path must type every value it takes exactly as OmegaConf does (YAML 1.1 octal, bool words)."""
+    from rollgate_common._cli import _UNHANDLED, _fast_value
+
+    rng = random.Random(8)
+    alphabet = "0123456789-.:/_aeEnNoOfFtTyYsSlLuUx~+ "
+    corpus = ["20", "0.2", "-3", "010", "0755", "08", "1:30", "007", "true", "True", "TRUE", "tRue", "yes", "Off",
+              "y", "n", "null", "NULL", "nUll", "~", "my_agent", "/tmp/a.jsonl", "./a", "../a", "127.0.0.1:50051",
+              "dns:///gw:50051", "1e5", "1.", ".5", "0.50", "-0.0", "e5", "inf", ".inf", "x", "/", "./"]
+    corpus += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 7))) for _ in range(3000)]
+    taken = 0
+    for raw in corpus:
+        fast = _fast_value(raw)
+        if fast is _UNHANDLED:
+            continue
+        taken += 1
+        slow = _omegaconf_value(raw)
+        assert (type(fast), fast) == (type(slow), slow), raw
+    assert taken > 300  # the corpus exercises the fast path, not only the fallback

@@ -34,7 +34,8 @@ class _Servicer(pb_grpc.GatewayServicer):
         self.gw = gw
 
     async def ListAgents(self, request: pb.ListAgentsRequest, context: Any) -> pb.ListAgentsResponse:
-        return pb.ListAgentsResponse(agents=[pb.AgentInfo(name=n, model="fake-model") for n in self.gw.agents])
+        return pb.ListAgentsResponse(agents=[pb.AgentInfo(name=n, model="fake-model") for n in self.gw.agents],
+                                     runs_ahead=self.gw.runs_ahead)
 
     async def Rollout(self, request: pb.RolloutRequest, context: Any) -> pb.RolloutResult:
         return await self.gw.run_one(request)
@@ -46,9 +47,13 @@ class _Servicer(pb_grpc.GatewayServicer):
         async def one(req: pb.RolloutRequest) -> None:
             await out.put(await self.gw.run_one(req))
 
+        stream = self.gw.streams
+        self.gw.streams += 1
+
         async def reader() -> None:
             async for message in request_iterator:
                 self.gw.request_sizes.append(len(message.rollouts))
+                self.gw.max_running[stream] = message.max_running
                 for req in message.rollouts:
                     self.gw.received.append(req)
                     self.gw.by_id[req.rollout_id] = req
@@ -136,6 +141,7 @@ class FakeGateway:
         seed: int = 0,
         batch_results: bool = False,
         duplicate_results: bool = False,
+        runs_ahead: bool = False,
     ) -> None:
         self.agents = agents
         self.latency_s = latency_s
@@ -148,6 +154,11 @@ class FakeGateway:
         self.rng = random.Random(seed)
         self.batch_results = batch_results
         self.duplicate_results = duplicate_results
+        # Says runs_ahead in ListAgents, but still starts every rollout on arrival: in-flight counts then show
+        # what the collector sent ahead, and ``max_running`` what it asked for.
+        self.runs_ahead = runs_ahead
+        self.streams = 0  # Collect calls so far
+        self.max_running: dict[int, int] = {}  # per Collect call (in order of opening): the latest max_running
         self.request_sizes: list[int] = []  # rollouts per CollectRequest, in arrival order
         self.response_sizes: list[int] = []  # results per CollectResponse (before duplication)
         self.received: list[pb.RolloutRequest] = []

@@ -105,7 +105,39 @@ def test_flow_control_limits_in_flight(tmp_path: Path, parallel: int) -> None:
                                     "+num_repeats=2"))
         assert status == 0
         assert gw.max_in_flight == parallel  # never more, and the slots are actually used
+        assert set(gw.max_running.values()) == {0}  # a gateway that does not run ahead is never asked to
     assert len(read_jsonl(tmp_path / "o.jsonl")) == 40
+
+
+@pytest.mark.parametrize("parallel", [1, 3])
+def test_a_gateway_that_runs_ahead_gets_twice_the_parallelism_and_is_told_to_run_only_it(
+        tmp_path: Path, parallel: int) -> None:
+    inp = write_tasks(tmp_path / "t.jsonl", [task(i) for i in range(20)])
+    with FakeGateway(latency_s=(0.001, 0.01), runs_ahead=True) as gw:
+        status = collect_main(_argv(gw, inp, tmp_path / "o.jsonl", f"+num_samples_in_parallel={parallel}",
+                                    "+num_repeats=2"))
+        assert status == 0
+        # This fake starts whatever arrives, so its peak is what the collector had sent: the running share and as
+        # many again waiting for it.
+        assert gw.max_in_flight == 2 * parallel
+        assert gw.max_running == {0: parallel}
+    assert len(read_jsonl(tmp_path / "o.jsonl")) == 40
+
+
+@pytest.mark.parametrize("parallel", [2, 6, 9])
+def test_runs_ahead_over_several_streams_shares_the_parallelism_among_them(tmp_path: Path, parallel: int) -> None:
+    inp = write_tasks(tmp_path / "t.jsonl", [task(i) for i in range(60)])
+    with FakeGateway(latency_s=(0.001, 0.01), runs_ahead=True) as gw:
+        port = gw.address.rsplit(":", 1)[1]
+        status = collect_main(["+agent_name=my_agent", f"+input_jsonl_fpath={inp}",
+                               f"+output_jsonl_fpath={tmp_path / 'o.jsonl'}", f"+gateway=dns:///127.0.0.1:{port}",
+                               f"+num_samples_in_parallel={parallel}"])
+        assert status == 0
+        assert gw.max_in_flight <= 2 * parallel
+        # Four streams on a DNS name: the shares sum to the parallelism (a stream with no share sends nothing).
+        shares = sorted(gw.max_running.values(), reverse=True)
+        assert sum(shares) == parallel and shares[0] - shares[-1] <= 1 and len(shares) == min(parallel, 4)
+    assert len(read_jsonl(tmp_path / "o.jsonl")) == 60
 
 
 def test_failed_rollout_sends_its_group_to_the_sidecar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

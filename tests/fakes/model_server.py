@@ -11,7 +11,7 @@ The answer is driven by the LAST user message (see docs/INTERNALS.md):
 - ``reason: TEXT``       include reasoning (chat: ``reasoning_content``; responses: a reasoning item)
 - ``choose: A|B|…``      answer one of the options: with a ``seed``, picked by a hash of (seed, message), so a
                          repeat with another seed may differ yet stays reproducible; without one, at random
-Knob ``faults=[(status, rate, retry_after), …]`` injects error answers at random (``served`` counts every
+It counts the requests in flight (``in_flight``, peak ``max_in_flight``). Knob ``faults=[(status, rate, retry_after), …]`` injects error answers at random (``served`` counts every
 status answered). Token counts are word counts; a ``max_tokens``/``max_output_tokens`` below the answer's length cuts it
 (finish_reason ``length`` / status ``incomplete``).
 
@@ -149,6 +149,9 @@ class FakeModelServer:
         self.bodies: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.cancelled = 0
+        # Requests being answered now, and the most ever at once (what a gateway's concurrency limits bound).
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._rng = random.Random(seed)
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -175,6 +178,8 @@ class FakeModelServer:
 
     @web.middleware
     async def _count_cancelled(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             resp: web.StreamResponse = await handler(request)
             self.served[resp.status] += 1
@@ -182,6 +187,8 @@ class FakeModelServer:
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
+        finally:
+            self.in_flight -= 1
 
     async def _prelude(self, request: web.Request, path: str) -> tuple[dict[str, Any], web.Response | None]:
         self.requests[path] += 1

@@ -86,16 +86,25 @@ class CollectRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROLLOUTS_FIELD_NUMBER: _builtins.int
+    MAX_RUNNING_FIELD_NUMBER: _builtins.int
+    max_running: _builtins.int
+    """The most of this stream's rollouts the gateway runs at once; the others wait at the gateway, in the order
+    they came, and each starts as soon as one of the stream's running rollouts ends. 0: no limit (each rollout
+    starts on arrival, as older clients expect). Every message may change it; the latest wins. A client sends
+    rollouts ahead of this limit so the next one is already at the gateway when a slot frees: the round trip to
+    the client stays off the model's critical path. Only honoured where ListAgentsResponse.runs_ahead is set.
+    """
     @_builtins.property
     def rollouts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutRequest]: ...
     def __init__(
         self,
         *,
         rollouts: _abc.Iterable[Global___RolloutRequest] | None = ...,
+        max_running: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollouts", b"rollouts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_running", b"max_running", "rollouts", b"rollouts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -308,9 +317,14 @@ class ListAgentsResponse(_message.Message):
 
     AGENTS_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    RUNS_AHEAD_FIELD_NUMBER: _builtins.int
     max_message_bytes: _builtins.int
     """The largest message this gateway takes or sends (its --max-message-mb); 0 from an older gateway. A client
     fails a rollout whose request alone would be larger, instead of sending it and losing the stream.
+    """
+    runs_ahead: _builtins.bool
+    """This gateway honours CollectRequest.max_running (an older one runs every rollout on arrival, so a client must
+    not send it more than it wants running).
     """
     @_builtins.property
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentInfo]: ...
@@ -319,10 +333,11 @@ class ListAgentsResponse(_message.Message):
         *,
         agents: _abc.Iterable[Global___AgentInfo] | None = ...,
         max_message_bytes: _builtins.int = ...,
+        runs_ahead: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "max_message_bytes", b"max_message_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "max_message_bytes", b"max_message_bytes", "runs_ahead", b"runs_ahead"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,115 @@
+"""Working ahead: a Collect stream's ``max_running`` bounds what runs; what was sent beyond it waits at the gateway.
+
+The collector sends twice its parallelism so a finished rollout's successor starts in the gateway at once, without a
+round trip to the collector; the model servers must still never see more than the parallelism.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from protos.rollgate.v1 import gateway_pb2 as pb
+from tests.fakes import FakeModelServer, FakeResourcesServer
+from tests.gateway.collector_run import finish, read_rows, start_collector, write_tasks
+from tests.gateway.gw_helpers import live_gateway, make_config, req, task
+
+
+async def _until(check: Callable[[], bool], timeout_s: float = 10) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not check():
+            await asyncio.sleep(0.005)
+
+
+async def test_list_agents_says_it_runs_ahead(fake_model: FakeModelServer,
+                                              fake_resources: FakeResourcesServer) -> None:
+    async with live_gateway(make_config(fake_model.base_url, fake_resources.url)) as live:
+        assert (await live.stub.ListAgents(pb.ListAgentsRequest())).runs_ahead
+
+
+@pytest.mark.parametrize("max_running", [0, 1, 4])
+async def test_at_most_max_running_run_and_every_rollout_is_answered(
+        max_running: int, fake_resources: FakeResourcesServer) -> None:
+    async with FakeModelServer(latency_s=0.02) as model:
+        reqs = [req(f"r{i}", task(f"say: a{i}", f"a{i}")) for i in range(24)]
+        async with live_gateway(make_config(model.base_url, fake_resources.url)) as live:
+            async def gen() -> AsyncIterator[pb.CollectRequest]:
+                yield pb.CollectRequest(rollouts=reqs[:12], max_running=max_running)
+                yield pb.CollectRequest(rollouts=reqs[12:], max_running=max_running)
+
+            got: dict[str, pb.RolloutResult] = {}
+            async with asyncio.timeout(30):
+                async for msg in live.stub.Collect(gen()):
+                    got.update((r.rollout_id, r) for r in msg.results)
+        # 0 is an older client's stream: everything starts on arrival.
+        assert model.max_in_flight == (max_running or 24)
+    assert sorted(got) == sorted(r.rollout_id for r in reqs)
+    assert all(r.status == pb.ROLLOUT_STATUS_OK and r.reward == 1.0 for r in got.values())
+
+
+async def test_raising_max_running_starts_waiting_rollouts_and_lowering_it_holds_them(
+        fake_resources: FakeResourcesServer) -> None:
+    async with FakeModelServer(latency_s=0.3) as model:
+        reqs = [req(f"r{i}", task(f"say: a{i}", f"a{i}")) for i in range(14)]
+        async with live_gateway(make_config(model.base_url, fake_resources.url)) as live:
+            send: asyncio.Queue[pb.CollectRequest | None] = asyncio.Queue()
+
+            async def gen() -> AsyncIterator[pb.CollectRequest]:
+                while (msg := await send.get()) is not None:
+                    yield msg
+
+            call = live.stub.Collect(gen())
+            await send.put(pb.CollectRequest(rollouts=reqs, max_running=2))
+            await _until(lambda: model.in_flight == 2)
+            await send.put(pb.CollectRequest(max_running=6))  # no rollouts: only the new limit
+            await _until(lambda: model.in_flight == 6)
+            await send.put(pb.CollectRequest(max_running=1))
+            await send.put(None)
+            got = []
+            async with asyncio.timeout(30):
+                async for msg in call:
+                    got.extend(msg.results)
+        # After the drop to 1, the six running finished and the rest ran one at a time.
+        assert model.max_in_flight == 6
+    assert sorted(r.rollout_id for r in got) == sorted(r.rollout_id for r in reqs)
+
+
+async def test_a_drain_answers_what_runs_and_gives_the_waiting_back_unstarted(
+        fake_resources: FakeResourcesServer) -> None:
+    async with FakeModelServer(latency_s=0.5) as model:
+        reqs = [req(f"r{i}", task(f"say: a{i}", f"a{i}")) for i in range(6)]
+        async with live_gateway(make_config(model.base_url, fake_resources.url)) as live:
+            async def gen() -> AsyncIterator[pb.CollectRequest]:
+                yield pb.CollectRequest(rollouts=reqs, max_running=2)  # and the client is done writing
+
+            call = live.stub.Collect(gen())
+            await _until(lambda: model.in_flight == 2)
+            live.core.begin_drain()
+            got = []
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async with asyncio.timeout(30):
+                    async for msg in call:
+                        got.extend(msg.results)
+        # UNAVAILABLE even though the client had sent everything: four of its rollouts were never run here.
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert sorted(r.rollout_id for r in got) == ["r0", "r1"]
+        assert sum(model.requests.values()) == 2
+
+
+async def test_the_collector_runs_ahead_yet_the_model_sees_only_its_parallelism(
+        tmp_path: Path, fake_resources: FakeResourcesServer) -> None:
+    async with FakeModelServer(latency_s=0.02) as model:
+        tasks = write_tasks(tmp_path / "tasks.jsonl", [task(f"say: a{i}", f"a{i}") for i in range(40)])
+        out = tmp_path / "out.jsonl"
+        async with live_gateway(make_config(model.base_url, fake_resources.url)) as live:
+            proc = await start_collector(f"127.0.0.1:{live.port}", tasks, out, "+num_samples_in_parallel=3")
+            code, _, err = await finish(proc)
+        assert code == 0, err
+        assert model.max_in_flight == 3
+    rows = read_rows(out)
+    assert [r["_rollout"]["task_index"] for r in rows] == list(range(40))
+    assert all(r["reward"] == 1.0 for r in rows)
