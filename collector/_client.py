@@ -217,7 +217,11 @@ class _Run:
         """How many more rollouts stream ``wid`` may send now, at most ``MAX_BATCH``."""
         if not self.ahead:
             return MAX_BATCH  # the slots alone bound what runs
-        return min(max(2 * self.share(wid) - len(mine), 0), MAX_BATCH)
+        share = self.share(wid)
+        room = 2 * share - len(mine)
+        # Refill in batches: the rollouts waiting at the gateway keep its slots busy meanwhile, and a message per
+        # finished rollout costs both ends a wake-up and a write each.
+        return min(room, MAX_BATCH) if room >= min(MAX_BATCH, max(share // 2, 1)) else 0
 
     @property
     def finished(self) -> bool:

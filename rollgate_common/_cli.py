@@ -45,8 +45,8 @@ def _help_text(model: type[BaseModel], positional: Sequence[str]) -> str:
 _INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _FLOAT = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+")
 # Names, paths and addresses: a letter or slash first, then only characters YAML leaves alone (a final colon
-# would make a mapping).
-_PLAIN = re.compile(r"(?:[A-Za-z]|\.{0,2}/)[A-Za-z0-9_./:-]*(?<!:)")
+# would make a mapping); or an IPv4 address with an optional port.
+_PLAIN = re.compile(r"(?:[A-Za-z]|\.{0,2}/)[A-Za-z0-9_./:-]*(?<!:)|(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?::[0-9]+)?")
 # The words YAML 1.1 (OmegaConf reads dotlist values as YAML) makes booleans or null, in their exact spellings.
 _WORDS: dict[str, bool | None] = {
     **{w: True for a in ("true", "yes", "on") for w in (a, a.capitalize(), a.upper())},
