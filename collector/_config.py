@@ -41,7 +41,7 @@ class CollectConfig(BaseModel):
     """Overrides merged over each row's own params (CLI wins), e.g. ``+responses_create_params.temperature=0.2``."""
 
     num_samples_in_parallel: int = Field(16, ge=1)
-    """At most this many rollouts are in flight at once, in total."""
+    """At most this many rollouts run at once, in total; as many again wait at the gateway, ready to start."""
 
     num_repeats: int = Field(1, ge=1)
     """Rollouts per task, written consecutively (``aabbcc``); with a ``seed``, repeat r is sent ``seed + r``."""

@@ -55,6 +55,9 @@ class GatewayMetrics:
                                        ["agent", "stage"], buckets=_LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge("rollgate_gateway_rollouts_in_flight", "Rollouts running now.", ["agent"],
                                registry=r)
+        self.waiting = Gauge("rollgate_gateway_rollouts_waiting",
+                             "Rollouts a collector sent ahead, waiting for a slot of their stream (max_running).",
+                             registry=r)
         self.queued = Gauge("rollgate_gateway_model_requests_queued",
                             "Model calls waiting for a backend concurrency slot.", ["backend"], registry=r)
         self.retries = Counter("rollgate_gateway_retries", "Retried calls by target (model/verifier/tool) and cause.",

@@ -141,6 +141,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         tasks: set[asyncio.Task[None]] = set()
         # Rollouts sent ahead of the client's ``max_running`` wait here, in order, for a running one to end.
         waiting: deque[pb.RolloutRequest] = deque()
+        waiting_gauge = self.core.metrics.waiting
         limit = 0  # the client's latest max_running; 0: no limit
         running = 0
         pending = 0  # taken and not yet answered: running or waiting
@@ -160,6 +161,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                         return
                     running += 1
                     msg = waiting.popleft()
+                    waiting_gauge.dec()
             except BaseException:
                 running -= 1
                 raise
@@ -184,8 +186,11 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                     limit = req.max_running
                     pending += len(req.rollouts)
                     waiting.extend(req.rollouts)
+                    started = 0
                     while waiting and room():
                         start(waiting.popleft())
+                        started += 1
+                    waiting_gauge.inc(len(req.rollouts) - started)
             except Exception as exc:  # the request stream broke: end the call with that error
                 queue.put_nowait(exc)
             queue.put_nowait(_READER_DONE)
@@ -216,6 +221,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                         drained = True
                         # Not started: the client resends them to another gateway.
                         dropped, pending = len(waiting), pending - len(waiting)
+                        waiting_gauge.dec(dropped)
                         waiting.clear()
                     elif isinstance(item, Exception):
                         failure = item
@@ -241,6 +247,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             # Normal end: nothing is left. Client gone or stream error: cancel what is still running.
             drain_task.cancel()
             read_task.cancel()
+            waiting_gauge.dec(len(waiting))
+            waiting.clear()
             for task in list(tasks):
                 task.cancel()
             if tasks:

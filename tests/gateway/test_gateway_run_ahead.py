@@ -16,7 +16,7 @@ import pytest
 from protos.rollgate.v1 import gateway_pb2 as pb
 from tests.fakes import FakeModelServer, FakeResourcesServer
 from tests.gateway.collector_run import finish, read_rows, start_collector, write_tasks
-from tests.gateway.gw_helpers import live_gateway, make_config, req, task
+from tests.gateway.gw_helpers import live_gateway, make_config, req, scrape, task, value
 
 
 async def _until(check: Callable[[], bool], timeout_s: float = 10) -> None:
@@ -53,7 +53,7 @@ async def test_at_most_max_running_run_and_every_rollout_is_answered(
 
 async def test_raising_max_running_starts_waiting_rollouts_and_lowering_it_holds_them(
         fake_resources: FakeResourcesServer) -> None:
-    async with FakeModelServer(latency_s=0.3) as model:
+    async with FakeModelServer(latency_s=0.2) as model:
         reqs = [req(f"r{i}", task(f"say: a{i}", f"a{i}")) for i in range(14)]
         async with live_gateway(make_config(model.base_url, fake_resources.url)) as live:
             send: asyncio.Queue[pb.CollectRequest | None] = asyncio.Queue()
@@ -65,16 +65,30 @@ async def test_raising_max_running_starts_waiting_rollouts_and_lowering_it_holds
             call = live.stub.Collect(gen())
             await send.put(pb.CollectRequest(rollouts=reqs, max_running=2))
             await _until(lambda: model.in_flight == 2)
+            assert value(await scrape(live.metrics_url), "rollgate_gateway_rollouts_waiting") == 12
             await send.put(pb.CollectRequest(max_running=6))  # no rollouts: only the new limit
             await _until(lambda: model.in_flight == 6)
+            assert value(await scrape(live.metrics_url), "rollgate_gateway_rollouts_waiting") == 8
             await send.put(pb.CollectRequest(max_running=1))
             await send.put(None)
+            # The six running finish; then the rest run one at a time.
+            await _until(lambda: model.in_flight <= 1)
+            after_drop = 0
             got = []
+
+            async def watch() -> None:
+                nonlocal after_drop
+                while True:
+                    after_drop = max(after_drop, model.in_flight)
+                    await asyncio.sleep(0.002)
+
+            watcher = asyncio.create_task(watch())
             async with asyncio.timeout(30):
                 async for msg in call:
                     got.extend(msg.results)
-        # After the drop to 1, the six running finished and the rest ran one at a time.
-        assert model.max_in_flight == 6
+            watcher.cancel()
+            assert model.max_in_flight == 6 and after_drop == 1
+            assert value(await scrape(live.metrics_url), "rollgate_gateway_rollouts_waiting") == 0
     assert sorted(r.rollout_id for r in got) == sorted(r.rollout_id for r in reqs)
 
 
