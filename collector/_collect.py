@@ -77,7 +77,28 @@ def collect_main(argv: Sequence[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(_usage())
         return 0
-    return run_cli(lambda: _run(args))
+    status = run_cli(lambda: _run(args))
+    if argv is None:  # the console script, not a caller in this process
+        exit_now(status)
+    return status
+
+
+def exit_now(status: int) -> None:
+    """End the process without the interpreter's teardown, once every file is closed and the run is over.
+
+    Tearing down the modules a run loads (pydantic, protobuf, gRPC) takes 50–100 ms, a third of the command's
+    fixed cost, and does nothing for the user: the output, sidecar and manifest are closed by now. Only the
+    standard streams and logging handlers still hold buffered bytes; they are flushed first.
+    """
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (``| head``): nothing more can be said on it
+            pass
+    os._exit(status)
 
 
 def resume_command(args: Sequence[str]) -> str:
