@@ -165,7 +165,9 @@ class FakeModelServer:
         # which tests observe through ``cancelled`` and which keeps shutdown quick.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
+        # uvicorn's (so vLLM's and SGLang's) listen backlog; aiohttp's default of 128 drops the SYNs of a gateway
+        # opening hundreds of connections at once, and each dropped one waits a 1 s retransmit.
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port, backlog=2048)
         await site.start()
         port = self._runner.addresses[0][1]
         self.base_url = f"http://127.0.0.1:{port}/v1"
