@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.stack import BIN, ROOT, env_with, read_ready, stop
 
 
@@ -31,7 +33,10 @@ def _gateway(config: Path, port: int) -> subprocess.Popen[str]:
     )
 
 
-def test_gateway_killed_and_restarted_mid_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_gateway_killed_and_restarted_mid_run(tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGKILL loses what ran and what waited at the gateway; SIGTERM finishes what runs and gives the rollouts
+    sent ahead back unstarted. Either way the collector resends, and every rollout is written once."""
     model = subprocess.Popen([sys.executable, "-m", "tests.fakes.model_server", "--port", "0",
                               "--latency-ms", "20"], cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env_with())
     verifier = subprocess.Popen([sys.executable, "-m", "verifier", "serve", "exact_match", "--port", "0"],
@@ -68,7 +73,7 @@ def test_gateway_killed_and_restarted_mid_run(tmp_path: Path) -> None:
             time.sleep(0.01)
         assert collector.poll() is None, "the run ended before the gateway could be killed"
 
-        gateway.send_signal(signal.SIGKILL)  # the worst case: no graceful drain, rollouts lost in flight
+        gateway.send_signal(sig)
         gateway.wait(timeout=30)
         written_while_down = out.read_bytes().count(b"\n")
         time.sleep(1.0)  # the collector notices and keeps retrying while nothing listens
