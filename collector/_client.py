@@ -8,7 +8,7 @@ Working ahead: a gateway that says ``runs_ahead`` takes a per-stream ``max_runni
 ``max_in_flight`` runs there and as many rollouts again wait at the gateway, so a finished rollout's successor
 starts there at once instead of after a round trip to the collector (which would otherwise idle every slot for
 that round trip: milliseconds on one box, tens over a WAN). The shares sum to ``max_in_flight``, so the model
-servers never see more than the user asked for. An older gateway gets no more than ``max_in_flight``.
+servers never see more than the user asked for. An older gateway (any that does not say so) means no working ahead.
 
 Batching: a stream sends every rollout that is ready when it writes (its share of the queue, at most
 ``MAX_BATCH``) in one ``CollectRequest``, and reads ``CollectResponse`` messages of any size; it never waits to
@@ -66,6 +66,8 @@ MAX_BATCH_BYTES = 8 * 1024 * 1024
 # What a gateway that does not say its limit (an older one) is assumed to take: the gateway's default.
 DEFAULT_GATEWAY_MESSAGE_BYTES = 64 * 1024 * 1024
 _ENVELOPE_BYTES = 1024
+# How long the other gateways may take to answer ListAgents once the first has (see ``list_agents``).
+LIST_GRACE_S = 1.0
 
 
 def _log(message: str) -> None:
@@ -128,27 +130,57 @@ class GatewayClient:
             await endpoint.channel.close()
 
     async def list_agents(self) -> list[pb.AgentInfo]:
-        """The agents of the first gateway that answers; a refused token is an error of its own."""
-        problems: list[str] = []
-        for endpoint in self.endpoints:
-            stub = pb_grpc.GatewayStub(endpoint.channel)
-            try:
-                reply = await stub.ListAgents(
-                    pb.ListAgentsRequest(), timeout=self.connect_timeout_s, metadata=self.metadata
-                )
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() in _REFUSED:
-                    raise GatewayRefused(endpoint.target, _describe(exc)) from None
-                problems.append(f"{endpoint.target}: {_describe(exc)}")
-                continue
-            for problem in problems:
-                _log(f"warning: gateway {problem}; using the others")
-            self.max_message_bytes = min(reply.max_message_bytes or DEFAULT_GATEWAY_MESSAGE_BYTES, MAX_MESSAGE_BYTES)
-            # Several addresses may be gateways of different versions; only the first to answer is asked, so a
-            # DNS name (one Deployment) or a single address is trusted, and a list of several is not.
-            self.runs_ahead = reply.runs_ahead and len(self.endpoints) == 1
-            return list(reply.agents)
-        raise GatewayUnreachable(self.address, "; ".join(problems))
+        """The agents of the first gateway (in the order given) that answers; a refused token is an error of its own.
+
+        Every gateway is asked at once, so what the run assumes of them (the message limit, working ahead) holds
+        for all: the smallest limit wins, and rollouts are sent ahead only if every gateway said ``runs_ahead``.
+        Once one has answered, the others get ``LIST_GRACE_S`` more; one silent by then counts as not running
+        ahead (it may be an older gateway) and the run goes on with the others, as before.
+        """
+        asks = {asyncio.create_task(self._ask(endpoint)): i for i, endpoint in enumerate(self.endpoints)}
+        answers: dict[int, pb.ListAgentsResponse | str] = {}
+        loop = asyncio.get_running_loop()
+        grace_ends: float | None = None
+        pending = set(asks)
+        try:
+            while pending:
+                timeout = None if grace_ends is None else max(grace_ends - loop.time(), 0.0)
+                done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    break  # the grace is over
+                for task in done:
+                    answers[asks[task]] = task.result()  # GatewayRefused propagates from here
+                if grace_ends is None and any(isinstance(a, pb.ListAgentsResponse) for a in answers.values()):
+                    grace_ends = loop.time() + LIST_GRACE_S
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        replies = [a for i in range(len(self.endpoints)) if isinstance(a := answers.get(i), pb.ListAgentsResponse)]
+        problems = [f"{e.target}: {answers.get(i, 'no answer yet')}" for i, e in enumerate(self.endpoints)
+                    if not isinstance(answers.get(i), pb.ListAgentsResponse)]
+        if not replies:
+            raise GatewayUnreachable(self.address, "; ".join(problems))
+        for problem in problems:
+            _log(f"warning: gateway {problem}; using the others")
+        limits = [r.max_message_bytes or DEFAULT_GATEWAY_MESSAGE_BYTES for r in replies]
+        self.max_message_bytes = min(*limits, MAX_MESSAGE_BYTES)
+        # A gateway that did not answer may be an older one that would run everything it is sent.
+        self.runs_ahead = not problems and all(r.runs_ahead for r in replies)
+        return list(replies[0].agents)
+
+    async def _ask(self, endpoint: Endpoint) -> pb.ListAgentsResponse | str:
+        """The gateway's ListAgents answer, or why there is none."""
+        stub = pb_grpc.GatewayStub(endpoint.channel)
+        try:
+            reply: pb.ListAgentsResponse = await stub.ListAgents(
+                pb.ListAgentsRequest(), timeout=self.connect_timeout_s, metadata=self.metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _REFUSED:
+                raise GatewayRefused(endpoint.target, _describe(exc)) from None
+            return _describe(exc)
+        return reply
 
     async def collect(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,38 @@ def test_dns_name_with_round_robin(tmp_path: Path) -> None:
         assert collect_main(["+agent_name=my_agent", f"+input_jsonl_fpath={inp}", f"+output_jsonl_fpath={out}",
                              f"+gateway=dns:///127.0.0.1:{port}"]) == 0
     assert len(read_jsonl(out)) == 10
+
+
+@pytest.mark.parametrize("b_runs_ahead", [True, False])
+def test_several_gateways_run_ahead_only_when_every_one_can(tmp_path: Path, b_runs_ahead: bool) -> None:
+    inp = write_tasks(tmp_path / "t.jsonl", [task(i) for i in range(40)])
+    out = tmp_path / "o.jsonl"
+    with FakeGateway(latency_s=(0.001, 0.01), runs_ahead=True) as a, \
+            FakeGateway(latency_s=(0.001, 0.01), seed=1, runs_ahead=b_runs_ahead) as b:
+        assert collect_main(["+agent_name=my_agent", f"+input_jsonl_fpath={inp}", f"+output_jsonl_fpath={out}",
+                             f"+gateway={a.address},{b.address}", "+num_samples_in_parallel=6"]) == 0
+        shares = sorted([*a.max_running.values(), *b.max_running.values()])
+        if b_runs_ahead:
+            assert shares == [3, 3]  # the parallelism split between them, each sent up to twice its share
+            assert max(a.max_in_flight, b.max_in_flight) <= 6
+        else:  # b would run everything it is sent: nobody is sent more than the parallelism in total
+            assert shares == [0, 0]
+            assert max(a.max_in_flight, b.max_in_flight) <= 6
+    assert [r["_rollout"]["task_index"] for r in read_jsonl(out)] == list(range(40))
+
+
+def test_a_gateway_down_at_the_start_is_named_and_the_run_goes_on_without_running_ahead(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"
+    inp = write_tasks(tmp_path / "t.jsonl", [task(i) for i in range(20)])
+    out = tmp_path / "o.jsonl"
+    with FakeGateway(latency_s=(0.001, 0.01), runs_ahead=True) as a:
+        assert collect_main(["+agent_name=my_agent", f"+input_jsonl_fpath={inp}", f"+output_jsonl_fpath={out}",
+                             f"+gateway={dead},{a.address}", "+num_samples_in_parallel=4",
+                             "+reconnect_timeout_s=1"]) == 0
+        # It answered ListAgents, but the silent one might be an older gateway: no rollouts are sent ahead.
+        assert set(a.max_running.values()) == {0} and a.max_in_flight <= 4
+    assert f"warning: gateway {dead}: UNAVAILABLE" in capsys.readouterr().err
+    assert [r["_rollout"]["task_index"] for r in read_jsonl(out)] == list(range(20))
