@@ -22,7 +22,8 @@ whole budget are the remaining rollouts reported failed (stage ``gateway``, kind
 
 A rollout still unanswered ``deadline_s`` (plus a grace) after it was sent is given up by the collector itself
 (stage ``rollout``, kind ``timeout``): the gateway enforces the same deadline, this catches a gateway that never
-answers at all.
+answers at all. Such a rollout leaves its stream's books (it no longer takes room there), and once every rollout
+is answered a stream the gateway has not ended within ``END_GRACE_S`` is cancelled rather than waited on.
 
     async with GatewayClient("127.0.0.1:50051") as client:
         agents = await client.list_agents()
@@ -66,6 +67,8 @@ MAX_BATCH_BYTES = 8 * 1024 * 1024
 # What a gateway that does not say its limit (an older one) is assumed to take: the gateway's default.
 DEFAULT_GATEWAY_MESSAGE_BYTES = 64 * 1024 * 1024
 _ENVELOPE_BYTES = 1024
+# How long a stream may stay open once every rollout is answered (see ``_send``).
+END_GRACE_S = 2.0
 # How long the other gateways may take to answer ListAgents once the first has (see ``list_agents``).
 LIST_GRACE_S = 1.0
 
@@ -229,6 +232,8 @@ class _Run:
         # The streams up now, by worker id: max_in_flight is shared among them, so one that is reconnecting
         # leaves its part to the others.
         self.connected = list(range(self.live_workers))
+        # What each stream has sent and not had answered (its worker's ``mine``), for the watchdog.
+        self.on_stream: dict[int, dict[str, RolloutSpec]] = {}
         self.dead_reason: str | None = None
         self._changed = asyncio.Event()
 
@@ -324,6 +329,7 @@ class _Run:
         attempt = 0
         while True:
             mine: dict[str, RolloutSpec] = {}
+            self.on_stream[wid] = mine
             answered: list[int] = [0]
             call = stub.Collect(metadata=self.client.metadata)
             sender = asyncio.create_task(self._send(call, mine, wid))
@@ -381,6 +387,11 @@ class _Run:
             batch = await self.next_batch(wid, mine)
             if not batch:
                 await call.done_writing()
+                if self.finished:
+                    # Every rollout is answered, so the gateway should end the stream now. One still holding
+                    # rollouts the watchdog gave up on never would: stop waiting for it after a moment.
+                    await asyncio.sleep(END_GRACE_S)
+                    call.cancel()
                 return
             now = time.monotonic()
             requests = []
@@ -429,6 +440,12 @@ class _Run:
                 self.fail_everything(f"the gateway refused the stream: {_describe(exc)}")
                 return None
             return _describe(exc)
+        except asyncio.CancelledError:
+            # The call, not this task, was cancelled: ``_send`` stopped waiting for a gateway that holds rollouts
+            # the watchdog gave up on. Anything else is this task's own cancellation.
+            if call.cancelled() and self.finished and not mine:
+                return None
+            raise
         if self.finished and not mine:
             return None
         return "the gateway ended the stream before answering every rollout"
@@ -441,6 +458,9 @@ class _Run:
             now = time.monotonic()
             for spec, sent_at in list(self.outstanding.values()):
                 if now - sent_at > self.give_up_s:
+                    # Off its stream's books too, so it no longer takes room there; a late answer is dropped.
+                    for mine in self.on_stream.values():
+                        mine.pop(spec.rollout_id, None)
                     self.answer(spec, failed_result(
                         spec.rollout_id, "rollout", "timeout",
                         f"no answer from the gateway within {self.give_up_s:g} s (deadline_s {self.deadline_s:g})",

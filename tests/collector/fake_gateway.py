@@ -142,6 +142,7 @@ class FakeGateway:
         batch_results: bool = False,
         duplicate_results: bool = False,
         runs_ahead: bool = False,
+        hang: set[tuple[int, int]] | None = None,
     ) -> None:
         self.agents = agents
         self.latency_s = latency_s
@@ -157,6 +158,7 @@ class FakeGateway:
         # Says runs_ahead in ListAgents, but still starts every rollout on arrival: in-flight counts then show
         # what the collector sent ahead, and ``max_running`` what it asked for.
         self.runs_ahead = runs_ahead
+        self.hang = hang or set()  # (task_index, repeat_index) never answered: a wedged gateway
         self.streams = 0  # Collect calls so far
         self.max_running: dict[int, int] = {}  # per Collect call (in order of opening): the latest max_running
         self.request_sizes: list[int] = []  # rollouts per CollectRequest, in arrival order
@@ -178,6 +180,8 @@ class FakeGateway:
         lo, hi = self.latency_s
         if hi > 0:
             await asyncio.sleep(self.rng.uniform(lo, hi))
+        if (req.task_index, req.repeat_index) in self.hang:
+            await asyncio.sleep(3600)  # until the stream ends
         task = json.loads(req.task_json)
         params = json.loads(req.params_json)
         if (req.task_index, req.repeat_index) in self.fail:

@@ -292,3 +292,21 @@ def test_empty_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     captured = capsys.readouterr()
     assert "Found 0 rows!" in captured.err and json.loads(captured.out) == {}
     assert (tmp_path / "o.jsonl").read_text() == ""
+
+
+@pytest.mark.parametrize(("runs_ahead", "parallel"), [(False, 2), (True, 1)])
+def test_rollouts_the_gateway_never_answers_are_given_up_and_the_rest_finish(
+        tmp_path: Path, runs_ahead: bool, parallel: int) -> None:
+    """The collector's own deadline (deadline_s plus a grace; twice deadline_s when rollouts wait at the gateway).
+    Working ahead at parallelism 1, the two hung rollouts fill the stream's room: giving them up must free it."""
+    inp = write_tasks(tmp_path / "t.jsonl", [task(i) for i in range(6)])
+    out = tmp_path / "o.jsonl"
+    with FakeGateway(runs_ahead=runs_ahead, hang={(0, 0), (1, 0)}) as gw:
+        status = collect_main(_argv(gw, inp, out, f"+num_samples_in_parallel={parallel}", "+deadline_s=0.2"))
+    assert status == 1
+    assert [r["_rollout"]["task_index"] for r in read_jsonl(out)] == [2, 3, 4, 5]
+    failed = read_jsonl(Path(f"{out}.failures"))
+    assert [r["_rollout"]["task_index"] for r in failed] == [0, 1]
+    for row in failed:
+        assert row["error"]["stage"] == "rollout" and row["error"]["kind"] == "timeout"
+        assert row["error"]["message"].startswith("no answer from the gateway within")
