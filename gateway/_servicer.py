@@ -110,6 +110,10 @@ class GatewayServicer(pb_grpc.GatewayServicer):
     def __init__(self, core: GatewayCore, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.core = core
         self.max_message_bytes = max_message_bytes
+        # Each open Collect stream's waiting rollouts, by id of its deque; the gauge sums them when scraped, so
+        # the per-rollout path keeps no count of its own.
+        self._waiting: dict[int, deque[pb.RolloutRequest]] = {}
+        core.metrics.waiting.set_function(lambda: sum(len(w) for w in self._waiting.values()))
 
     async def _one(self, msg: pb.RolloutRequest) -> tuple[pb.RolloutResult, int]:
         """The rollout's result and its size in bytes (measured once: the stream batches by it too)."""
@@ -141,7 +145,6 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         tasks: set[asyncio.Task[None]] = set()
         # Rollouts sent ahead of the client's ``max_running`` wait here, in order, for a running one to end.
         waiting: deque[pb.RolloutRequest] = deque()
-        waiting_gauge = self.core.metrics.waiting
         limit = 0  # the client's latest max_running; 0: no limit
         running = 0
         pending = 0  # taken and not yet answered: running or waiting
@@ -161,7 +164,6 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                         return
                     running += 1
                     msg = waiting.popleft()
-                    waiting_gauge.dec()
             except BaseException:
                 running -= 1
                 raise
@@ -186,11 +188,8 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                     limit = req.max_running
                     pending += len(req.rollouts)
                     waiting.extend(req.rollouts)
-                    started = 0
                     while waiting and room():
                         start(waiting.popleft())
-                        started += 1
-                    waiting_gauge.inc(len(req.rollouts) - started)
             except Exception as exc:  # the request stream broke: end the call with that error
                 queue.put_nowait(exc)
             queue.put_nowait(_READER_DONE)
@@ -204,6 +203,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         reading = True
         drained = False
         dropped = 0  # waiting rollouts a drain gave back unstarted
+        self._waiting[id(waiting)] = waiting
         try:
             while reading or pending:
                 if drained and not pending:
@@ -221,7 +221,6 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                         drained = True
                         # Not started: the client resends them to another gateway.
                         dropped, pending = len(waiting), pending - len(waiting)
-                        waiting_gauge.dec(dropped)
                         waiting.clear()
                     elif isinstance(item, Exception):
                         failure = item
@@ -247,8 +246,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             # Normal end: nothing is left. Client gone or stream error: cancel what is still running.
             drain_task.cancel()
             read_task.cancel()
-            waiting_gauge.dec(len(waiting))
-            waiting.clear()
+            del self._waiting[id(waiting)]
             for task in list(tasks):
                 task.cancel()
             if tasks:

@@ -129,3 +129,23 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def value(text: str, name: str, **labels: str) -> float:
     return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def until(check: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Poll ``check`` until it holds (bounded: a TimeoutError after ``timeout_s``)."""
+    async with asyncio.timeout(timeout_s):
+        while not check():
+            await asyncio.sleep(0.005)
+
+
+async def results_until_unavailable(call: Any, timeout_s: float = 30) -> list[pb.RolloutResult]:
+    """The results a Collect stream sends before it ends UNAVAILABLE (a draining gateway); fails otherwise."""
+    got: list[pb.RolloutResult] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for msg in call:
+                got.extend(msg.results)
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+        return got
+    raise AssertionError(f"the stream ended normally after {len(got)} results; expected UNAVAILABLE")

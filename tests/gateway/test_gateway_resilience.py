@@ -12,13 +12,14 @@ from pathlib import Path
 
 import aiohttp
 import grpc
-import pytest
 
 from protos.rollgate.v1 import gateway_pb2 as pb
 from protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
 from tests.fakes import FakeModelServer, FakeResourcesServer
 from tests.gateway.collector_run import finish, read_rows, start_collector, write_tasks
-from tests.gateway.gw_helpers import collect, live_gateway, make_config, req, scrape, task, value
+from tests.gateway.gw_helpers import (
+    collect, live_gateway, make_config, req, results_until_unavailable, scrape, task, value,
+)
 
 
 async def test_verifier_killed_and_restarted_2s_later_mid_run_every_row_once(tmp_path: Path) -> None:
@@ -140,12 +141,7 @@ async def test_sigterm_drains_in_flight_rollouts_then_refuses_new_work(
                                 break
                         await asyncio.sleep(0.02)
                 more.set()
-                got = []
-                with pytest.raises(grpc.aio.AioRpcError) as info:
-                    async with asyncio.timeout(30):
-                        async for msg in call:
-                            got.extend(msg.results)
-                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+                got = await results_until_unavailable(call)
             assert sorted(r.rollout_id for r in got) == ["slow0", "slow1", "slow2"]
             assert all(r.reward == 1.0 for r in got)
             async with asyncio.timeout(30):
