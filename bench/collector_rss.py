@@ -37,7 +37,7 @@ def measure(rows: int, parallel: int = 64) -> dict[str, float]:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         started = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "collector", "collect", "+agent_name=my_agent", f"+input_jsonl_fpath={inp}",
+            [sys.executable, "-m", "rollgate.collector", "collect", "+agent_name=my_agent", f"+input_jsonl_fpath={inp}",
              f"+output_jsonl_fpath={out}", f"+gateway={gw.address}", f"+num_samples_in_parallel={parallel}"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

@@ -24,7 +24,7 @@ import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from collector._ready import stop_process, wait_ready  # noqa: E402
+from rollgate.collector._children import stop_process, wait_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -118,7 +118,7 @@ def running_stack(*, latency_ms: float = 0.0, model_args: list[str] | None = Non
 
             model, m_ready = start("-m", "tests.fakes.model_server", "--port", "0", "--latency-ms", str(latency_ms),
                                    *(model_args or []))
-            verif, v_ready = start("-m", "verifier", "serve", verifier, "--port", "0")
+            verif, v_ready = start("-m", "rollgate.verifier", "serve", verifier, "--port", "0")
             config = {"agents": {"bench": {
                 "kind": kind,
                 # The fake has no batch limit; the default ceiling of 256 calls per replica (vLLM's max_num_seqs)
@@ -129,7 +129,7 @@ def running_stack(*, latency_ms: float = 0.0, model_args: list[str] | None = Non
                 "max_steps": 8,
             }}}
             (work / "gateway.yaml").write_text(yaml.safe_dump(config))
-            gw, g_ready = start("-m", "gateway", "serve", "--config", str(work / "gateway.yaml"), "--port", "0")
+            gw, g_ready = start("-m", "rollgate.gateway", "serve", "--config", str(work / "gateway.yaml"), "--port", "0")
             yield Stack(
                 gateway=str(g_ready["address"]),
                 model=Watched("model", psutil.Process(model.pid)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from verifier import ResourcesServer, tool
+from rollgate.verifier import ResourcesServer, tool
 
 
 class BenchTools(ResourcesServer):

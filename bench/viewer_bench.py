@@ -53,7 +53,7 @@ def get(url: str) -> bytes:
 def measure(path: Path) -> dict[str, object]:
     """One launch of the real ng_viewer on ``path``; the server is stopped with Ctrl-C (SIGINT) at the end."""
     viewer = ROOT / ".venv" / "bin" / "ng_viewer"
-    exe = [str(viewer)] if viewer.exists() else [sys.executable, "-m", "collector", "view"]
+    exe = [str(viewer)] if viewer.exists() else [sys.executable, "-m", "rollgate.collector", "view"]
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.Popen([*exe, f"+input_jsonl_fpath={path}", "+port=0"], stdout=subprocess.PIPE,

@@ -1,7 +1,7 @@
-"""``python -m collector …`` is ``rollgate …``."""
+"""``python -m rollgate.collector …`` is ``rollgate …``."""
 
 from __future__ import annotations
 
-from collector._frontdoor import rollgate_main
+from rollgate.collector._frontdoor import rollgate_main
 
 raise SystemExit(rollgate_main())

@@ -1,7 +1,8 @@
 """The ``rollgate`` front door: one command, dispatched to the rooms.
 
-``collect`` and ``up`` live here; ``gateway …`` and ``verifier …`` are handed to those rooms' own ``main(argv)``,
-imported lazily so a collector-only install (or a broken sibling) never breaks ``rollgate collect``.
+Every command lives elsewhere and is imported only when it runs: ``collect`` in ``run``, ``up`` and ``demo`` in
+``stack``, the file commands in ``postprocess``, ``view`` in ``viewer``; ``gateway …`` and ``verifier …`` are handed
+to those rooms' own ``main(argv)``, so a broken sibling never breaks ``rollgate collect``.
 """
 
 from __future__ import annotations
@@ -16,24 +17,14 @@ __all__ = ["rollgate_main", "viewer_main"]
 def viewer_main(argv: Sequence[str] | None = None) -> int:
     """``ng_viewer`` / ``rollgate view``: browse a rollouts file in the browser."""
     # Imported lazily: the viewer pulls in FastAPI/uvicorn, which `ng_collect_rollouts` never needs.
-    from collector._viewer import viewer_main as _viewer_main
+    from rollgate.collector.viewer import viewer_main as _viewer_main
 
     return _viewer_main(list(sys.argv[1:] if argv is None else argv))
 
 
-def _collect(argv: list[str]) -> int:
-    from collector._collect import collect_main
-
-    return collect_main(argv)
-
-
-def _up(argv: list[str]) -> int:
-    from collector._up import up_main
-
-    return up_main(argv)
-
-
 def _lazy(module: str, attr: str) -> Callable[[list[str]], int]:
+    """The command ``module.attr(argv)``, imported only when it runs: each command pays for its own imports."""
+
     def run(argv: list[str]) -> int:
         try:
             entry = getattr(importlib.import_module(module), attr)
@@ -46,20 +37,22 @@ def _lazy(module: str, attr: str) -> Callable[[list[str]], int]:
     return run
 
 
+_RUN, _STACK, _POST = "rollgate.collector.run", "rollgate.collector.stack", "rollgate.collector.postprocess"
+
 # name -> (what it does, entry)
 _COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
-    "collect": ("collect rollouts (same as ng_collect_rollouts)", _collect),
+    "collect": ("collect rollouts (same as ng_collect_rollouts)", _lazy(_RUN, "collect_main")),
     "view": ("browse a rollouts file (same as ng_viewer)", viewer_main),
-    "up": ("start a local stack: verifier(s) + gateway (+ the embedded model)", _up),
-    "gateway": ("run a gateway or change its routing (rollgate gateway serve|set ...)", _lazy("gateway", "main")),
-    "verifier": ("run a verifier (rollgate verifier serve MODULE:ATTR|BUILTIN)", _lazy("verifier", "main")),
-    "demo": ("the whole thing on the embedded model", _lazy("collector._demo", "demo_main")),
-    "reverify": ("re-score existing rollouts with another verifier", _lazy("collector._reverify", "reverify_main")),
-    "merge": ("join shard outputs into one file in input order", _lazy("collector._merge", "merge_main")),
-    "pairs": ("DPO chosen/rejected pairs from repeat groups", _lazy("collector._post", "pairs_main")),
-    "stats": ("reward distribution, per-task statistics, pass@k", _lazy("collector._post", "stats_main")),
-    "compare": ("two runs on the same tasks, metric by metric", _lazy("collector._post", "compare_main")),
-    "export": ("SFT messages / DPO pairs in the formats TRL reads", _lazy("collector._post", "export_main")),
+    "up": ("start a local stack: verifier(s) + gateway (+ the embedded model)", _lazy(_STACK, "up_main")),
+    "gateway": ("run a gateway or change its routing (rollgate gateway serve|set ...)", _lazy("rollgate.gateway", "main")),
+    "verifier": ("run a verifier (rollgate verifier serve MODULE:ATTR|BUILTIN)", _lazy("rollgate.verifier.hosting", "main")),
+    "demo": ("the whole thing on the embedded model", _lazy(_STACK, "demo_main")),
+    "reverify": ("re-score existing rollouts with another verifier", _lazy(_POST, "reverify_main")),
+    "merge": ("join shard outputs into one file in input order", _lazy(_POST, "merge_main")),
+    "pairs": ("DPO chosen/rejected pairs from repeat groups", _lazy(_POST, "pairs_main")),
+    "stats": ("reward distribution, per-task statistics, pass@k", _lazy(_POST, "stats_main")),
+    "compare": ("two runs on the same tasks, metric by metric", _lazy(_POST, "compare_main")),
+    "export": ("SFT messages / DPO pairs in the formats TRL reads", _lazy(_POST, "export_main")),
 }
 
 

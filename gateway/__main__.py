@@ -1,9 +1,9 @@
-"""``python -m gateway …``: see ``gateway._main``."""
+"""``python -m rollgate.gateway …`` (= ``rollgate gateway …``): see ``rollgate.gateway._main``."""
 
 from __future__ import annotations
 
 import sys
 
-from gateway._main import main
+from rollgate.gateway._main import main
 
 sys.exit(main())

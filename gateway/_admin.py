@@ -1,6 +1,3 @@
-# grpcio ships no type stubs here (types-grpcio is not installed); these two codes keep mypy strict
-# passing both without and with the stubs.
-# mypy: disable-error-code="import-untyped,unused-ignore"
 """``rollgate.v1.GatewayAdmin``: read and change an agent's route at runtime (authorised by its own token).
 
 ``SetRoute`` takes a JSON object of the agent's config fields to replace (nested objects merged: ``{"model":
@@ -18,10 +15,10 @@ from typing import Any
 import grpc
 import orjson
 
-from gateway._agent import GatewayCore
-from gateway.errors import InputError, UnknownAgentError
-from protos.rollgate.v1 import gateway_pb2 as pb
-from protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
+from rollgate.gateway._agent import GatewayCore
+from rollgate.gateway.errors import InputError, UnknownAgentError
+from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
+from rollgate.protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
 
 __all__ = ["AdminServicer", "route_json"]
 

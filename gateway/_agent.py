@@ -26,21 +26,21 @@ from typing import Any, Self
 
 import orjson
 
-from gateway._backends import BackendPool
-from gateway._config import AgentConfig, GatewayConfig, parse_config
-from gateway._convert import input_items
-from gateway._http import HttpClient
-from gateway._logging import rollout_id_var
-from gateway._metrics import GatewayMetrics
-from gateway._model_client import ModelClient
-from gateway._outcome import RolloutErrorInfo, RolloutOutcome, RolloutRequest, Timings
-from gateway._resources import ResourcesSession, SessionHints
-from gateway._verify_batch import VerifyBatches
-from gateway.errors import ConfigError, InputError, RolloutFailure, UnknownAgentError
+from rollgate.gateway._backends import BackendPool
+from rollgate.gateway._config import AgentConfig, GatewayConfig, parse_config
+from rollgate.gateway._convert import input_items
+from rollgate.gateway._http import HttpClient
+from rollgate.gateway._logging import rollout_id_var
+from rollgate.gateway._metrics import GatewayMetrics
+from rollgate.gateway._model_client import ModelClient
+from rollgate.gateway._outcome import RolloutErrorInfo, RolloutOutcome, RolloutRequest
+from rollgate.gateway._resources import ResourcesSession, SessionHints
+from rollgate.gateway._verify_batch import VerifyBatches
+from rollgate.gateway.errors import ConfigError, InputError, RolloutFailure, UnknownAgentError
 
-__all__ = ["GatewayCore", "Route", "RolloutErrorInfo", "RolloutOutcome", "RolloutRequest", "Timings"]
+__all__ = ["GatewayCore", "Route"]
 
-log = logging.getLogger("gateway.agent")
+log = logging.getLogger("rollgate.gateway.agent")
 
 
 def _sum_usage(total: dict[str, Any], usage: Any) -> None:

@@ -24,12 +24,12 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway._config import ModelEndpoint
-from gateway._metrics import GatewayMetrics, safe_url
+from rollgate.gateway._config import ModelEndpoint
+from rollgate.gateway._metrics import GatewayMetrics, safe_url
 
 __all__ = ["Backend", "BackendPool", "Result"]
 
-log = logging.getLogger("gateway.backends")
+log = logging.getLogger("rollgate.gateway.backends")
 Result = Literal["ok", "overloaded", "failed", "neutral"]
 
 

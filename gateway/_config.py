@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.errors import ConfigError
+from rollgate.gateway.errors import ConfigError
 
 __all__ = ["AgentConfig", "GatewayConfig", "ModelEndpoint", "RetryConfig", "Timeouts", "config_files", "load_config",
            "parse_config"]

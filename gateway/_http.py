@@ -3,15 +3,14 @@
 Callers decide what a status means (a 404 is fine for ``/close_session``, a tool's 500 is the model's problem),
 so ``post`` returns every HTTP answer and raises only when there is no answer: ``connection`` or ``timeout``.
 
-``HttpClient`` sends plain ``http://`` URLs through the small keep-alive client in ``_h1`` (the hot path: model
+``HttpClient`` sends plain ``http://`` URLs through the small keep-alive client in ``_http1_client`` (the hot path: model
 servers and verifiers inside a cluster) and ``https://`` ones through aiohttp (TLS, e.g. a hosted OpenAI
-endpoint). ``ROLLGATE_HTTP_CLIENT=aiohttp`` sends everything through aiohttp, should a server and ``_h1``
+endpoint). ``ROLLGATE_HTTP_CLIENT=aiohttp`` sends everything through aiohttp, should a server and ``_http1_client``
 ever disagree.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import email.utils
 import os
@@ -21,9 +20,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway._h1 import H1Client, H1Error, H1Timeout, H1Unsendable
-from gateway._metrics import safe_url
-from gateway.errors import RolloutFailure
+from rollgate.gateway._http1_client import H1Client, H1Error, H1Timeout, H1Unsendable
+from rollgate.gateway._metrics import safe_url
+from rollgate.gateway.errors import RolloutFailure
 
 __all__ = ["Answer", "HttpClient", "error_text", "parse_object", "raise_for_status", "retry_after_s"]
 
@@ -44,7 +43,7 @@ class Answer:
 
 
 class HttpClient:
-    """The gateway's one HTTP client (an async context manager): ``_h1`` for http://, aiohttp for https://."""
+    """The gateway's one HTTP client (an async context manager): ``_http1_client`` for http://, aiohttp for https://."""
 
     def __init__(self, *, plain_via_aiohttp: bool | None = None) -> None:
         if plain_via_aiohttp is None:
@@ -107,7 +106,7 @@ class HttpClient:
                 cookies = ({name: morsel.value for name, morsel in resp.cookies.items()}
                            if "Set-Cookie" in resp.headers else {})
                 return Answer(shown, resp.status, {k.lower(): v for k, v in resp.headers.items()}, raw, cookies)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             # aiohttp's own timeouts; a cancellation from the rollout deadline is CancelledError and passes through.
             raise error(f"POST {shown}: no answer within {timeout_s:g}s", kind="timeout", url=shown) from None
         except aiohttp.ClientConnectorError as exc:
@@ -167,8 +166,8 @@ def retry_after_s(headers: dict[str, str]) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
 
 
 def raise_for_status(ans: Answer, error: type[RolloutFailure]) -> None:

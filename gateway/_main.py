@@ -1,4 +1,4 @@
-"""``python -m gateway serve …`` (run a gateway) and ``python -m gateway set AGENT …`` (change its routing).
+"""``rollgate gateway serve …`` (run a gateway) and ``rollgate gateway set AGENT …`` (change its routing).
 
 Flags follow docs/INTERNALS.md "Command-line contract" exactly; both ``--key value`` and ``+key=value`` work.
 Secrets are only ever read from environment variables named by flags, never passed on the command line.
@@ -14,22 +14,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from rollgate_common import parse_cli, run_cli
-
-from gateway._config import load_config
-from gateway._logging import setup_logging
-from gateway._serve import ServeOptions, serve
-from gateway._server import Security
-from gateway._set import SetArgs, run_set
-from gateway.errors import ConfigError
+from rollgate._cli import parse_cli, run_cli
+from rollgate.gateway._config import load_config
+from rollgate.gateway._logging import setup_logging
+from rollgate.gateway._serve import ServeOptions, serve
+from rollgate.gateway._server import Security
+from rollgate.gateway._set import SetArgs, run_set
+from rollgate.gateway.errors import ConfigError
 
 __all__ = ["ServeArgs", "main"]
 
 USAGE = """\
-usage: python -m gateway serve --config PATH [--host 127.0.0.1] [--port 50051] [--metrics-port 9090]
+usage: rollgate gateway serve --config PATH [--host 127.0.0.1] [--port 50051] [--metrics-port 9090]
                                [--token-env ROLLGATE_TOKEN] [--admin-token-env ROLLGATE_ADMIN_TOKEN]
                                [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]] [--grace-s 30]
-       python -m gateway set AGENT [+verifier_url=URL] [+model.base_urls=[URL,...]]
+       rollgate gateway set AGENT [+verifier_url=URL] [+model.base_urls=[URL,...]]
                                [+default_params.temperature=0.2] [+gateway=HOST:PORT]"""
 
 

@@ -11,13 +11,12 @@ retry causes, token directions, and backend URLs from the config. Never a rollou
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-if TYPE_CHECKING:
-    from gateway._agent import RolloutOutcome
+from rollgate.gateway._outcome import RolloutOutcome
 
 __all__ = ["GatewayMetrics", "safe_url"]
 

@@ -14,17 +14,17 @@ import logging
 import os
 from typing import Any
 
-from gateway._backends import BackendPool, Result
-from gateway._config import AgentConfig
-from gateway._convert import chat_to_response, responses_to_chat
-from gateway._http import HttpClient, parse_object, raise_for_status
-from gateway._metrics import GatewayMetrics
-from gateway._retry import call_with_retry
-from gateway.errors import ConfigError, ModelError, RolloutFailure
+from rollgate.gateway._backends import BackendPool, Result
+from rollgate.gateway._config import AgentConfig
+from rollgate.gateway._convert import chat_to_response, responses_to_chat
+from rollgate.gateway._http import HttpClient, parse_object, raise_for_status
+from rollgate.gateway._metrics import GatewayMetrics
+from rollgate.gateway._retry import call_with_retry
+from rollgate.gateway.errors import ConfigError, ModelError, RolloutFailure
 
 __all__ = ["ModelClient"]
 
-log = logging.getLogger("gateway.model")
+log = logging.getLogger("rollgate.gateway.model")
 
 
 class ModelClient:

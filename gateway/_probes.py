@@ -14,7 +14,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway._agent import GatewayCore
+from rollgate.gateway._agent import GatewayCore
 
 __all__ = ["start_probes"]
 

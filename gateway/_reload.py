@@ -20,13 +20,13 @@ from pathlib import Path
 
 import watchfiles
 
-from gateway._agent import GatewayCore
-from gateway._config import load_config
-from gateway.errors import ConfigError
+from rollgate.gateway._agent import GatewayCore
+from rollgate.gateway._config import load_config
+from rollgate.gateway.errors import ConfigError
 
 __all__ = ["ConfigReloader"]
 
-log = logging.getLogger("gateway.reload")
+log = logging.getLogger("rollgate.gateway.reload")
 
 
 class ConfigReloader:

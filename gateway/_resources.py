@@ -28,16 +28,16 @@ from typing import Any
 
 import orjson
 
-from gateway._config import AgentConfig
-from gateway._http import Answer, HttpClient, error_text, parse_object, raise_for_status
-from gateway._metrics import GatewayMetrics
-from gateway._retry import call_with_retry, never_reached
-from gateway._verify_batch import BATCH_HEADER, VerifyBatches
-from gateway.errors import ToolError, VerifyError
+from rollgate.gateway._config import AgentConfig
+from rollgate.gateway._http import Answer, HttpClient, error_text, parse_object, raise_for_status
+from rollgate.gateway._metrics import GatewayMetrics
+from rollgate.gateway._retry import call_with_retry, never_reached
+from rollgate.gateway._verify_batch import BATCH_HEADER, VerifyBatches
+from rollgate.gateway.errors import ToolError, VerifyError
 
 __all__ = ["SESSION_HEADER", "ResourcesSession", "SessionHints", "Verdict"]
 
-log = logging.getLogger("gateway.resources")
+log = logging.getLogger("rollgate.gateway.resources")
 
 
 @dataclass(slots=True)

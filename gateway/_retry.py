@@ -19,14 +19,14 @@ from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from gateway._config import RetryConfig
-from gateway._metrics import GatewayMetrics, safe_url
-from gateway.errors import RolloutFailure
+from rollgate.gateway._config import RetryConfig
+from rollgate.gateway._metrics import GatewayMetrics, safe_url
+from rollgate.gateway.errors import RolloutFailure
 
 __all__ = ["call_with_retry", "is_transient", "make_retrying", "retry_wait_s"]
 
 T = TypeVar("T")
-log = logging.getLogger("gateway.retry")
+log = logging.getLogger("rollgate.gateway.retry")
 
 
 def is_transient(exc: BaseException) -> bool:

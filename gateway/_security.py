@@ -1,6 +1,3 @@
-# grpcio ships no type stubs here (types-grpcio is not installed); these two codes keep mypy strict
-# passing both without and with the stubs.
-# mypy: disable-error-code="import-untyped,unused-ignore"
 """Who may call what on the gRPC port: bearer tokens per service, TLS / mutual TLS credentials.
 
 - ``rollgate.v1.Gateway``: needs ``authorization: Bearer <token>`` when a token is configured.
@@ -23,11 +20,11 @@ from typing import Any
 
 import grpc
 
-from gateway.errors import ConfigError
+from rollgate.gateway.errors import ConfigError
 
 __all__ = ["AuthInterceptor", "server_credentials"]
 
-log = logging.getLogger("gateway.security")
+log = logging.getLogger("rollgate.gateway.security")
 _GATEWAY = "/rollgate.v1.Gateway/"
 _ADMIN = "/rollgate.v1.GatewayAdmin/"
 
@@ -50,12 +47,12 @@ def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, text: str) -> g
         yield None  # pragma: no cover - abort raises; this line only makes the function a generator
 
     if handler.unary_unary is not None:
-        return handler._replace(unary_unary=unary)  # type: ignore[no-any-return]
+        return handler._replace(unary_unary=unary)
     if handler.stream_stream is not None:
-        return handler._replace(stream_stream=streaming)  # type: ignore[no-any-return]
+        return handler._replace(stream_stream=streaming)
     if handler.unary_stream is not None:
-        return handler._replace(unary_stream=streaming)  # type: ignore[no-any-return]
-    return handler._replace(stream_unary=unary)  # type: ignore[no-any-return]
+        return handler._replace(unary_stream=streaming)
+    return handler._replace(stream_unary=unary)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

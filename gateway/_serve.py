@@ -22,16 +22,16 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from gateway._agent import GatewayCore
-from gateway._config import GatewayConfig
-from gateway._metrics import GatewayMetrics
-from gateway._probes import start_probes
-from gateway._reload import ConfigReloader
-from gateway._server import MAX_MESSAGE_BYTES, Security, create_server
+from rollgate.gateway._agent import GatewayCore
+from rollgate.gateway._config import GatewayConfig
+from rollgate.gateway._metrics import GatewayMetrics
+from rollgate.gateway._probes import start_probes
+from rollgate.gateway._reload import ConfigReloader
+from rollgate.gateway._server import MAX_MESSAGE_BYTES, Security, create_server
 
 __all__ = ["ServeOptions", "serve"]
 
-log = logging.getLogger("gateway.serve")
+log = logging.getLogger("rollgate.gateway.serve")
 DEFAULT_METRICS_PORT = 9090
 
 

@@ -1,10 +1,7 @@
-# grpcio ships no type stubs here (types-grpcio is not installed); these two codes keep mypy strict
-# passing both without and with the stubs.
-# mypy: disable-error-code="import-untyped,unused-ignore"
 """The gRPC server: ``Gateway`` + ``grpc.health.v1`` + reflection, and the one place errors become statuses.
 
 ``create_server`` binds and starts (tests bind ``127.0.0.1:0``); ``gateway._serve`` is what
-``python -m gateway serve`` runs around it.
+``rollgate gateway serve`` runs around it.
 
     async with GatewayCore(cfg) as core:
         server, port = await create_server(cfg, core=core)
@@ -22,18 +19,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway._admin import AdminServicer
-from gateway._agent import GatewayCore
-from gateway._config import GatewayConfig
-from gateway._security import AuthInterceptor, server_credentials
-from gateway._servicer import MAX_MESSAGE_BYTES, GatewayServicer
-from gateway.errors import ConfigError, InputError, UnknownAgentError
-from protos.rollgate.v1 import gateway_pb2 as pb
-from protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
+from rollgate.gateway._admin import AdminServicer
+from rollgate.gateway._agent import GatewayCore
+from rollgate.gateway._config import GatewayConfig
+from rollgate.gateway._security import AuthInterceptor, server_credentials
+from rollgate.gateway._servicer import MAX_MESSAGE_BYTES, GatewayServicer
+from rollgate.gateway.errors import ConfigError, InputError, UnknownAgentError
+from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
+from rollgate.protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
 
 __all__ = ["MAX_MESSAGE_BYTES", "Security", "create_server"]
 
-log = logging.getLogger("gateway.server")
+log = logging.getLogger("rollgate.gateway.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Gateway"].full_name
 ADMIN_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GatewayAdmin"].full_name
 _background: set[asyncio.Task[None]] = set()
@@ -72,11 +69,11 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         method = str(handler_call_details.method)
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))  # type: ignore[no-any-return]
+            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))
         if handler.stream_stream is not None:
-            return handler._replace(stream_stream=_wrap_stream(handler.stream_stream, method))  # type: ignore[no-any-return]
+            return handler._replace(stream_stream=_wrap_stream(handler.stream_stream, method))
         if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream, method))  # type: ignore[no-any-return]
+            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream, method))
         return handler
 
 

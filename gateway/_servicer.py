@@ -1,6 +1,3 @@
-# grpcio ships no type stubs here (types-grpcio is not installed); these two codes keep mypy strict
-# passing both without and with the stubs.
-# mypy: disable-error-code="import-untyped,unused-ignore"
 """``rollgate.v1.Gateway`` over gRPC: converts to and from the wire and calls ``GatewayCore``.
 
 ``Collect`` reads requests while rollouts run: one task per rollout (a request message may carry several), each
@@ -24,14 +21,15 @@ from typing import Any
 import grpc
 import orjson
 
-from gateway._agent import GatewayCore, RolloutOutcome, RolloutRequest
-from protos.rollgate.v1 import gateway_pb2 as pb
-from protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
+from rollgate.gateway._agent import GatewayCore
+from rollgate.gateway._outcome import RolloutOutcome, RolloutRequest
+from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
+from rollgate.protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_MESSAGE_BYTES", "MAX_RESULTS_PER_MESSAGE", "GatewayServicer", "outcome_to_pb",
            "request_from_pb"]
 
-log = logging.getLogger("gateway.servicer")
+log = logging.getLogger("rollgate.gateway.servicer")
 _READER_DONE = object()
 _DRAIN = object()
 # A batch is closed at this many results or bytes (whichever first); a single larger result still goes alone.

@@ -1,6 +1,3 @@
-# grpcio ships no type stubs here (types-grpcio is not installed); these two codes keep mypy strict
-# passing both without and with the stubs.
-# mypy: disable-error-code="import-untyped,unused-ignore"
 """``rollgate gateway set AGENT +verifier_url=URL …``: one ``GatewayAdmin.SetRoute`` call.
 
 The fields given replace the agent's (nested ones merged, so ``+default_params.temperature=0.2`` keeps the other
@@ -23,8 +20,8 @@ import grpc
 import orjson
 from pydantic import BaseModel, Field
 
-from protos.rollgate.v1 import gateway_pb2 as pb
-from protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
+from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
+from rollgate.protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
 
 __all__ = ["SetArgs", "run_set"]
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import orjson
 
-from gateway._http import Answer, HttpClient
-from gateway._metrics import GatewayMetrics
-from gateway.errors import RolloutFailure, VerifyError
+from rollgate.gateway._http import Answer, HttpClient
+from rollgate.gateway._metrics import GatewayMetrics
+from rollgate.gateway.errors import RolloutFailure, VerifyError
 
 __all__ = ["BATCH_HEADER", "MAX_BATCH_BYTES", "MAX_BATCH_ITEMS", "VerifyBatches"]
 

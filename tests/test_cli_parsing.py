@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
-from rollgate_common import CliError, parse_cli
+from rollgate._cli import CliError, parse_cli
 
 
 class _Cfg(BaseModel):
@@ -72,7 +72,7 @@ def test_positional() -> None:
 
 
 def test_help_lists_keys_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
-    from rollgate_common import run_cli
+    from rollgate._cli import run_cli
 
     assert run_cli(lambda: int(bool(parse_cli(["--help"], _Cfg)))) == 0
     out = capsys.readouterr().out
@@ -90,7 +90,7 @@ def _omegaconf_value(raw: str) -> Any:
 
 def test_fast_values_equal_omegaconf_on_a_generated_corpus() -> None:
     """The start-up fast path must type every value it takes exactly as OmegaConf does (YAML 1.1 octal, bool words)."""
-    from rollgate_common._cli import _UNHANDLED, _fast_value
+    from rollgate._cli import _UNHANDLED, _fast_value
 
     rng = random.Random(8)
     alphabet = "0123456789-.:/_aeEnNoOfFtTyYsSlLuUx~+ "

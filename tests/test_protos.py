@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO_DIR = ROOT / "protos" / "rollgate" / "v1"
+# Generated through the rollgate/protos link, so the code imports itself as rollgate.protos.rollgate.v1.
+PROTO_DIR = ROOT / "rollgate" / "protos" / "rollgate" / "v1"
 
 
 def test_generated_code_is_current(tmp_path: Path) -> None:
@@ -23,7 +24,7 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
          f"--grpc_python_out={tmp_path}", f"--mypy_out={tmp_path}", f"--mypy_grpc_out={tmp_path}", *protos],
         cwd=ROOT, env=env, check=True, capture_output=True,
     )
-    generated = sorted(p for p in (tmp_path / "protos" / "rollgate" / "v1").iterdir())
+    generated = sorted(p for p in (tmp_path / "rollgate" / "protos" / "rollgate" / "v1").iterdir())
     assert len(generated) == 4 * len(protos)
     for fresh in generated:
         committed = PROTO_DIR / fresh.name
@@ -32,7 +33,7 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
 
 
 def test_service_shape() -> None:
-    from protos.rollgate.v1 import gateway_pb2 as pb
+    from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
 
     gateway = pb.DESCRIPTOR.services_by_name["Gateway"]
     collect = gateway.methods_by_name["Collect"]

@@ -1,50 +1,31 @@
-"""rollgate's verifier room: serve a user's ``verify()`` (and tools) over the NeMo Gym resources-server protocol.
+"""Write a verifier: the authoring API of rollgate's verifier room.
 
-    python -m verifier serve my_verifier:verify --port 8001
-    python -m verifier serve exact_match
+A verifier is a ``verify(task, response) -> float | dict`` function (sync or async) or a ``ResourcesServer``
+subclass with ``@tool`` methods and per-rollout ``Session`` state; either is served over the NeMo Gym
+resources-server protocol by ``rollgate verifier serve MODULE:ATTR``:
 
-A target is a ``verify(task, response) -> float | dict`` function (sync or async) or a ``ResourcesServer``
-subclass with ``@tool`` methods and per-session state. In-process (tests, embedding):
+    # my_env.py
+    from rollgate.verifier import ResourcesServer, Session, tool
 
-    server = await start_server(create_app("exact_match"), "127.0.0.1", 0)
-    await server.stop()
+    class Counter(ResourcesServer):
+        @tool
+        def add(self, session: Session, k: int) -> dict[str, int]:
+            session.state["n"] = session.state.get("n", 0) + k
+            return {"n": session.state["n"]}
 
-``python -m verifier serve TARGET --reload`` swaps edited code in without a restart (``Reloader``); built-ins:
-exact_match, contains, regex, multiple_choice, math, json_schema, llm_judge (``LLMJudge``), reasoning_gym.
-``VerifyRequest`` / ``VerifyResponse`` type the wire bodies for clients.
+        def verify(self, task: dict, response: dict, session: Session) -> float:
+            return float(session.state.get("n") == task["target"])
+
+``InvalidTask`` rejects a task row that cannot be scored; ``LLMJudge`` grades with a model. Running a verifier
+in-process (tests, embedding) lives in ``rollgate.verifier.hosting``; the wire bodies are typed in
+``rollgate.verifier.protocol``. Built-ins served by name: exact_match, contains, regex, multiple_choice, math,
+json_schema, llm_judge, reasoning_gym.
 """
 
 from __future__ import annotations
 
-from verifier._app import create_app
-from verifier._base import ResourcesServer, Session, tool
-from verifier._core import VerifierCore
-from verifier._judge import LLMJudge
-from verifier._loader import LoadedVerifier, load_target
-from verifier._protocol import ErrorBody, SessionRequest, SessionResponse, VerifyRequest, VerifyResponse
-from verifier._reload import Reloader
-from verifier._server import RunningServer, main, start_server
-from verifier.errors import InvalidTask, VerifierError, VerifierLoadError
+from rollgate.verifier._base import ResourcesServer, Session, tool
+from rollgate.verifier._judge import LLMJudge
+from rollgate.verifier.errors import InvalidTask
 
-__all__ = [
-    "ErrorBody",
-    "InvalidTask",
-    "LLMJudge",
-    "LoadedVerifier",
-    "Reloader",
-    "ResourcesServer",
-    "RunningServer",
-    "Session",
-    "SessionRequest",
-    "SessionResponse",
-    "VerifierCore",
-    "VerifierError",
-    "VerifierLoadError",
-    "VerifyRequest",
-    "VerifyResponse",
-    "create_app",
-    "load_target",
-    "main",
-    "start_server",
-    "tool",
-]
+__all__ = ["InvalidTask", "LLMJudge", "ResourcesServer", "Session", "tool"]

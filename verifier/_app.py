@@ -36,8 +36,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from verifier._core import VerifierCore
-from verifier._fastpath import (
+from rollgate.verifier._core import VerifierCore
+from rollgate.verifier._fastpath import (
     BATCH_HEADER,
     SESSION_COOKIE,
     SESSION_HEADER,
@@ -48,13 +48,13 @@ from verifier._fastpath import (
     json_body,
     parse_body,
 )
-from verifier._loader import LoadedVerifier, load_target
-from verifier._metrics import VerifierMetrics
-from verifier.errors import RequestTooLarge
+from rollgate.verifier._loader import LoadedVerifier, load_target
+from rollgate.verifier._metrics import VerifierMetrics
+from rollgate.verifier.errors import RequestTooLarge
 
 __all__ = ["SESSION_COOKIE", "create_app"]
 
-log = logging.getLogger("verifier")
+log = logging.getLogger("rollgate.verifier")
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 

@@ -1,4 +1,4 @@
-"""Verifiers that ship with rollgate, served by name (``python -m verifier serve math``).
+"""Verifiers that ship with rollgate, served by name (``rollgate verifier serve math``).
 
 Each is a plain ``verify(task, response)`` function (``llm_judge`` is async). ``BUILTINS`` maps the served name
 to a ``Builtin`` whose ``load()`` imports it, so heavy dependencies (sympy behind ``math``, reasoning-gym) are
@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from verifier._text import final_answer, normalize
-from verifier.errors import InvalidTask
+from rollgate.verifier._text import final_answer, normalize
+from rollgate.verifier.errors import InvalidTask
 
 __all__ = ["BUILTINS", "Builtin"]
 
@@ -122,25 +122,25 @@ class Builtin:
 
 
 def _load_math() -> Callable[..., Any]:
-    from verifier._math import math_verify
+    from rollgate.verifier._math import math_verify
 
     return math_verify
 
 
 def _load_json_schema() -> Callable[..., Any]:
-    from verifier._math import json_schema
+    from rollgate.verifier._math import json_schema
 
     return json_schema
 
 
 def _load_judge() -> Callable[..., Any]:
-    from verifier._judge import LLMJudge
+    from rollgate.verifier._judge import LLMJudge
 
     return LLMJudge.from_env()
 
 
 def _load_reasoning_gym() -> Callable[..., Any]:
-    from verifier._rgym import reasoning_gym_verify
+    from rollgate.verifier._rgym import reasoning_gym_verify
 
     return reasoning_gym_verify
 

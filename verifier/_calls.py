@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from verifier._base import Session
+from rollgate.verifier._base import Session
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

@@ -19,10 +19,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from verifier._base import Session
-from verifier._calls import Handler
-from verifier._loader import LoadedVerifier
-from verifier.errors import (
+from rollgate.verifier._base import Session
+from rollgate.verifier._calls import Handler
+from rollgate.verifier._loader import LoadedVerifier
+from rollgate.verifier.errors import (
     InvalidRequest,
     InvalidReward,
     InvalidSession,
@@ -36,7 +36,7 @@ from verifier.errors import (
 
 __all__ = ["VerifierCore", "session_mode"]
 
-log = logging.getLogger("verifier")
+log = logging.getLogger("rollgate.verifier")
 
 
 def _plain(result: Any) -> Any:

@@ -31,14 +31,14 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from verifier._core import VerifierCore, json_type, session_mode
-from verifier._metrics import VerifierMetrics
-from verifier.errors import InvalidRequest, InvalidResult, RequestError, RequestTooLarge
+from rollgate.verifier._core import VerifierCore, json_type, session_mode
+from rollgate.verifier._metrics import VerifierMetrics
+from rollgate.verifier.errors import InvalidRequest, InvalidResult, RequestError, RequestTooLarge
 
 __all__ = ["BATCH_HEADER", "MAX_VERIFY_BATCH", "SESSION_COOKIE", "SESSION_HEADER", "VERSION_HEADER", "FastPath",
            "error_body", "failure", "json_body"]
 
-log = logging.getLogger("verifier")
+log = logging.getLogger("rollgate.verifier")
 
 SESSION_COOKIE = "rollgate_session"
 VERSION_HEADER = b"x-verifier-version"

@@ -16,7 +16,6 @@ honoured). A judge that still fails, refuses (another 4xx) or answers without a 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
@@ -25,14 +24,21 @@ from typing import Any
 
 import aiohttp
 import orjson
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
-from verifier._text import final_answer, message_text, strip_think
-from verifier.errors import JudgeFailed, VerifierLoadError
+from rollgate.verifier._text import final_answer, message_text, strip_think
+from rollgate.verifier.errors import JudgeFailed, VerifierLoadError
 
 __all__ = ["DEFAULT_RUBRIC", "LLMJudge"]
 
-log = logging.getLogger("verifier.judge")
+log = logging.getLogger("rollgate.verifier.judge")
 
 DEFAULT_RUBRIC = (
     "Grade whether the answer correctly and completely answers the question. If a reference answer is given, "
@@ -136,7 +142,7 @@ class LLMJudge:
                     raise _Transient(f"HTTP {ans.status}", _retry_after(ans.headers.get("retry-after")))
                 if ans.status >= 400:
                     raise JudgeFailed(f"the judge at {url} refused: HTTP {ans.status}: {raw[:200]!r}")
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientConnectionError) as exc:
             raise _Transient(f"{type(exc).__name__}: {exc}") from exc
         try:
             return str(orjson.loads(raw)["choices"][0]["message"]["content"] or "")

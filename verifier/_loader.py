@@ -25,11 +25,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
-from verifier._base import TOOL_MARK, ResourcesServer
-from verifier._builtins import BUILTINS
-from verifier._calls import Handler
-from verifier._version import builtin_version, declared_version, source_version
-from verifier.errors import VerifierLoadError
+from rollgate.verifier._base import TOOL_MARK, ResourcesServer
+from rollgate.verifier._builtins import BUILTINS
+from rollgate.verifier._calls import Handler
+from rollgate.verifier._version import builtin_version, declared_version, source_version
+from rollgate.verifier.errors import VerifierLoadError
 
 __all__ = ["LoadedVerifier", "load_target"]
 
@@ -109,7 +109,7 @@ def load_target(spec: str, *, fresh: bool = False) -> LoadedVerifier:
 
 
 def _ensure_cwd_importable() -> None:
-    # `python -m verifier` puts the current directory on sys.path, but an installed `rollgate` script does not;
+    # `python -m rollgate.verifier` puts the current directory on sys.path, but an installed `rollgate` script does not;
     # uvicorn adds it for the same reason.
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
@@ -143,7 +143,7 @@ def _siblings(folder: Path | None, exclude: str) -> list[str]:
     return out
 
 
-_OWN_PACKAGES = ("verifier", "collector", "gateway", "rollgate_common", "protos", "tests", "conftest")
+_OWN_PACKAGES = ("rollgate", "tests", "conftest")
 
 
 def _forget(module_name: str) -> None:
@@ -301,6 +301,8 @@ def _from_server(instance: ResourcesServer, module: ModuleType, spec: str, helpe
     if not _overrides(cls, "verify"):
         raise VerifierLoadError(f"{spec}: {cls.__name__} does not define verify(self, task, response)", spec=spec)
     verify = Handler.of(instance.verify, "verify")
+    # Not on the base class: NeMo Gym servers may define it; used only when the user's class has one.
+    aggregate = getattr(instance, "aggregate_metrics", None)
     _check_verify_signature(verify, spec)
     tools: dict[str, Handler] = {}
     for klass in reversed(cls.__mro__):
@@ -331,11 +333,7 @@ def _from_server(instance: ResourcesServer, module: ModuleType, spec: str, helpe
         tools=tools,
         seed_hook=Handler.of(instance.seed_session, "seed_session") if _overrides(cls, "seed_session") else None,
         close_hook=Handler.of(instance.close_session, "close_session") if _overrides(cls, "close_session") else None,
-        aggregate_hook=(
-            Handler.of(getattr(instance, "aggregate_metrics"), "aggregate_metrics")
-            if callable(getattr(instance, "aggregate_metrics", None))
-            else None
-        ),
+        aggregate_hook=Handler.of(aggregate, "aggregate_metrics") if callable(aggregate) else None,
         instance=instance,
         source_files=tuple(sorted(set(files))),
     )

@@ -20,8 +20,8 @@ from typing import Any
 import jsonschema
 from math_verify import parse, verify  # type: ignore[import-untyped]
 
-from verifier._text import final_answer
-from verifier.errors import InvalidTask
+from rollgate.verifier._text import final_answer
+from rollgate.verifier.errors import InvalidTask
 
 __all__ = ["json_schema", "math_verify"]
 

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import watchfiles
 
-from verifier._core import VerifierCore
-from verifier._loader import load_target
-from verifier.errors import VerifierLoadError
+from rollgate.verifier._core import VerifierCore
+from rollgate.verifier._loader import load_target
+from rollgate.verifier.errors import VerifierLoadError
 
 __all__ = ["Reloader"]
 
-log = logging.getLogger("verifier.reload")
+log = logging.getLogger("rollgate.verifier.reload")
 
 
 def _is_source(change: watchfiles.Change, path: str) -> bool:

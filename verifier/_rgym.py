@@ -19,9 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from rollgate_common import CliError, parse_cli
-from verifier._text import final_answer
-from verifier.errors import InvalidTask, VerifierLoadError
+from rollgate._cli import CliError, parse_cli
+from rollgate.verifier._text import final_answer
+from rollgate.verifier.errors import InvalidTask, VerifierLoadError
 
 __all__ = ["TasksConfig", "reasoning_gym_verify", "write_tasks", "tasks_main"]
 

@@ -1,4 +1,4 @@
-"""Running a verifier: ``start_server`` for tests and embedding, ``main`` for ``python -m verifier serve``.
+"""Running a verifier: ``start_server`` for tests and embedding, ``main`` for ``rollgate verifier serve``.
 
 ``main`` loads the target *before* binding (a load error is ``error: …`` on stderr and exit 2), then prints
 exactly one ready line on stdout once the socket listens, as every rollgate service does:
@@ -30,21 +30,21 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from rollgate_common import CliError, parse_cli, run_cli
-from verifier._app import create_app
-from verifier._core import VerifierCore
-from verifier._loader import LoadedVerifier, load_target
-from verifier._metrics import VerifierMetrics
-from verifier._reload import Reloader
-from verifier.errors import VerifierLoadError
+from rollgate._cli import CliError, parse_cli, run_cli
+from rollgate.verifier._app import create_app
+from rollgate.verifier._core import VerifierCore
+from rollgate.verifier._loader import LoadedVerifier, load_target
+from rollgate.verifier._metrics import VerifierMetrics
+from rollgate.verifier._reload import Reloader
+from rollgate.verifier.errors import VerifierLoadError
 
 __all__ = ["RunningServer", "ServeConfig", "main", "start_server"]
 
-log = logging.getLogger("verifier")
+log = logging.getLogger("rollgate.verifier")
 
-USAGE = """usage: python -m verifier serve TARGET [--host 127.0.0.1] [--port 8001] [--reload]
+USAGE = """usage: rollgate verifier serve TARGET [--host 127.0.0.1] [--port 8001] [--reload]
                                   [--token-env ROLLGATE_VERIFIER_TOKEN] [--grace-s 30]
-       python -m verifier tasks reasoning_gym +dataset=NAME +size=N +seed=S +output_jsonl_fpath=FILE
+       rollgate verifier tasks reasoning_gym +dataset=NAME +size=N +seed=S +output_jsonl_fpath=FILE
 
 TARGET is MODULE:ATTR (a verify(task, response) function or a verifier.ResourcesServer subclass, importable
 from the current directory) or a built-in verifier name (exact_match, contains, regex, multiple_choice, math,
@@ -53,7 +53,7 @@ json_schema, llm_judge, reasoning_gym). --reload swaps edited code in without re
 
 
 class ServeConfig(BaseModel):
-    """``python -m verifier serve`` arguments."""
+    """``rollgate verifier serve`` arguments."""
 
     target: str
     """MODULE:ATTR or a built-in verifier name."""
@@ -224,7 +224,7 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m verifier serve TARGET …``; returns the exit status."""
+    """``rollgate verifier serve TARGET …``; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> int:
@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(USAGE, file=sys.stderr if not args else sys.stdout)
             return 2 if not args else 0
         if args[0] == "tasks":
-            from verifier._rgym import tasks_main
+            from rollgate.verifier._rgym import tasks_main
 
             return tasks_main(args[1:])
         if args[0] != "serve":

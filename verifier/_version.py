@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from verifier.errors import VerifierLoadError
+from rollgate.verifier.errors import VerifierLoadError
 
 __all__ = ["builtin_version", "declared_version", "package_version", "source_version"]
 

@@ -23,8 +23,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from protos.rollgate.v1 import gateway_pb2 as pb
-from protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
+from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
+from rollgate.protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
 
 VERIFIER_VERSION = "fake-v1"
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from collector import collect_main
-from collector._json import RawJSON, dumps
-from collector._rows import build_row
-from collector._tasks import RolloutSpec, iter_specs
-from collector._writer import GroupWriter
-from protos.rollgate.v1 import gateway_pb2 as pb
+from rollgate.collector import collect_main
+from rollgate.collector._json import RawJSON, dumps
+from rollgate.collector.run._rows import build_row
+from rollgate.collector.run._tasks import RolloutSpec, iter_specs
+from rollgate.collector.run._writer import GroupWriter
+from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
 from tests.collector.conftest import read_jsonl, task, write_tasks
 from tests.collector.fake_gateway import FakeGateway
 

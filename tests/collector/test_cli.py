@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import collector
-from collector import CollectConfig, collect_main, rollgate_main, viewer_main
-from collector._config import COLLECT_ALIASES
-from rollgate_common import CliError, parse_cli
+from rollgate import collector
+from rollgate._cli import CliError, parse_cli
+from rollgate.collector import CollectConfig, collect_main, rollgate_main, viewer_main
+from rollgate.collector.run._config import COLLECT_ALIASES
 
 REQUIRED = ["+agent_name=my_agent", "+input_jsonl_fpath=in.jsonl", "+output_jsonl_fpath=out.jsonl"]
 
@@ -92,6 +92,6 @@ def test_all_matches_importable() -> None:
 
 def test_python_dash_m_collector_is_the_front_door() -> None:
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-m", "collector", "--help"], cwd=root, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "rollgate.collector", "--help"], cwd=root, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and "commands:" in proc.stdout

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from collector import collect_main
+from rollgate.collector import collect_main
 from tests.collector.conftest import read_jsonl, task, write_tasks
 from tests.collector.fake_gateway import VERIFIER_VERSION, FakeGateway
 

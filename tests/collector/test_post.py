@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from collector import rollgate_main
-from collector._post import pass_at_k
+from rollgate.collector import rollgate_main
+from rollgate.collector.postprocess._stats import pass_at_k
 from tests.collector.conftest import read_jsonl
 from tests.e2e.workflow_blocks import WORKFLOWS, runnable
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from collector import collect_main
-from collector._tasks import iter_specs
+from rollgate.collector import collect_main
+from rollgate.collector.run._tasks import iter_specs
 from tests.collector.conftest import read_jsonl, task, write_tasks
 from tests.collector.fake_gateway import FakeGateway
 
@@ -31,7 +31,7 @@ def _expected_ids(inp: Path, repeats: int) -> list[str]:
 
 def _start(args: list[str]) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "collector", "collect", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "rollgate.collector", "collect", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -78,7 +78,7 @@ def test_sigkill_then_resume_gives_5000_rows_exactly_once(
             assert resumed.poll() is None, "the resume finished before it could be killed"
             _kill_after(resumed, out, 0)
             assert list(tmp_path.glob("o.jsonl.resume-*.partial")), "a killed resume leaves its partial file"
-        done = subprocess.run([sys.executable, "-m", "collector", "collect", *args, "+resume_from_cache=true"],
+        done = subprocess.run([sys.executable, "-m", "rollgate.collector", "collect", *args, "+resume_from_cache=true"],
                               cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
                               text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from collector._reverify import PREVIOUS_KEY, reverify_main
+from rollgate.collector.postprocess._reverify import PREVIOUS_KEY, reverify_main
 
 
 def _rollout(i: int, text: str, reward: float) -> dict[str, Any]:

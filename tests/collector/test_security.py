@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from collector import collect_main
+from rollgate.collector import collect_main
 from tests.collector.conftest import read_jsonl, task, write_tasks
 from tests.collector.fake_gateway import FakeGateway
 from tests.conftest import require_tool

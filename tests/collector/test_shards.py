@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from collector import collect_main, rollgate_main
+from rollgate.collector import collect_main, rollgate_main
 from tests.collector.conftest import read_jsonl, task, write_tasks
 from tests.collector.fake_gateway import FakeGateway
 

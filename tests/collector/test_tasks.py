@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from collector._ids import rollout_id
-from collector._tasks import check_input, effective_params, iter_specs
-from collector.errors import InputError
+from rollgate.collector.errors import InputError
+from rollgate.collector.run._ids import rollout_id
+from rollgate.collector.run._tasks import check_input, effective_params, iter_specs
 from tests.collector.conftest import task, write_tasks
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from collector import collect_main
-from collector._stack import UpConfig, load_stack
-from collector.errors import UsageError
+from rollgate.collector import collect_main
+from rollgate.collector.errors import UsageError
+from rollgate.collector.stack._stackfile import UpConfig, load_stack
 from tests.collector.conftest import read_jsonl, task, write_tasks
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from collector._collect import reorder_window
-from collector._writer import GroupWriter
+from rollgate.collector.run._collect import reorder_window
+from rollgate.collector.run._writer import GroupWriter
 
 
 def _row(i: int) -> dict[str, object]:

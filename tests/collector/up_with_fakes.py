@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from collector._up import Launcher, up_main
+from rollgate.collector.stack._up import Launcher, up_main
 
 _FAKES = [sys.executable, "-m", "tests.collector.fake_services"]
 

@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 def _gateway(config: Path, port: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port),
+        [sys.executable, "-m", "rollgate.gateway", "serve", "--config", str(config), "--port", str(port),
          "--metrics-port", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env_with(),
     )
@@ -39,7 +39,7 @@ def test_gateway_killed_and_restarted_mid_run(tmp_path: Path, sig: signal.Signal
     sent ahead back unstarted. Either way the collector resends, and every rollout is written once."""
     model = subprocess.Popen([sys.executable, "-m", "tests.fakes.model_server", "--port", "0",
                               "--latency-ms", "20"], cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env_with())
-    verifier = subprocess.Popen([sys.executable, "-m", "verifier", "serve", "exact_match", "--port", "0"],
+    verifier = subprocess.Popen([sys.executable, "-m", "rollgate.verifier", "serve", "exact_match", "--port", "0"],
                                 cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env_with())
     procs: list[subprocess.Popen[str]] = [model, verifier]
     try:

@@ -19,7 +19,7 @@ import pytest
 from tests.e2e.stack import BIN, env_with, running_stack
 
 USER_VERIFIER = '''
-from verifier import ResourcesServer, Session, tool
+from rollgate.verifier import ResourcesServer, Session, tool
 
 
 class Calculator(ResourcesServer):

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from rollgate.collector._children import wait_ready
 from tests.conftest import require_tool
-from collector._ready import wait_ready
 from tests.e2e.stack import env_with, running_stack, stop
 from tests.e2e.workflow_blocks import WORKFLOWS, Block, runnable
 

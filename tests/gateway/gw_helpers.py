@@ -1,4 +1,3 @@
-# mypy: disable-error-code="import-untyped"
 """Helpers for gateway tests: a gateway config for the fakes, a task row, a live gRPC gateway, metrics."""
 
 from __future__ import annotations
@@ -15,11 +14,11 @@ import orjson
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import GatewayConfig, GatewayCore, GatewayMetrics, Security, create_server
-from gateway._probes import start_probes
-from gateway._server import MAX_MESSAGE_BYTES
-from protos.rollgate.v1 import gateway_pb2 as pb
-from protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
+from rollgate.gateway import GatewayConfig, GatewayCore, GatewayMetrics, Security, create_server
+from rollgate.gateway._probes import start_probes
+from rollgate.gateway._server import MAX_MESSAGE_BYTES
+from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
+from rollgate.protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
 
 
 def make_config(model_url: str | list[str], verifier_url: str, **agent: Any) -> GatewayConfig:

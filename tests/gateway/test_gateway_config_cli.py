@@ -1,4 +1,3 @@
-# mypy: disable-error-code="import-untyped"
 """Config loading, the command line (ready line, both spellings, SIGTERM), and the package's surface."""
 
 from __future__ import annotations
@@ -13,8 +12,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import gateway
-from gateway import ConfigError, load_config
+from rollgate import gateway
+from rollgate.gateway import ConfigError, load_config
 from tests.fakes import FakeModelServer, FakeResourcesServer
 
 _YAML = """\
@@ -83,7 +82,7 @@ async def test_serve_prints_ready_line_answers_and_stops_on_sigterm(tmp_path: Pa
         args = (["serve", "--config", str(p), "--port", "0"] if style == "dashes"
                 else ["serve", f"+config={p}", "+port=0", "+host=127.0.0.1"])
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", *args,
+            sys.executable, "-m", "rollgate.gateway", *args,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
             assert proc.stdout is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway._convert import chat_to_response, responses_to_chat
+from rollgate.gateway._convert import chat_to_response, responses_to_chat
 
 
 def test_string_input_and_instructions_become_system_then_user() -> None:
@@ -109,7 +109,7 @@ def test_round_trip_of_a_converted_answer_feeds_the_next_request() -> None:
 
 
 def test_token_ids_and_logprobs_requests_pass_through_and_come_back() -> None:
-    from gateway._convert import chat_to_response, responses_to_chat
+    from rollgate.gateway._convert import chat_to_response, responses_to_chat
 
     body, dropped = responses_to_chat({"input": "hi", "top_logprobs": 2, "return_token_ids": True}, model="m")
     assert body["return_token_ids"] is True and body["logprobs"] is True and body["top_logprobs"] == 2

@@ -1,4 +1,3 @@
-# mypy: disable-error-code="import-untyped"
 """End to end over real gRPC: Collect streams, the tool loop, sessions, health, ListAgents."""
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos.rollgate.v1 import gateway_pb2 as pb
+from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
 from tests.fakes import FakeModelServer, FakeResourcesServer
 from tests.gateway.gw_helpers import make_config, running_gateway, task
 
@@ -168,11 +167,11 @@ async def test_list_agents_health_and_reflection(fake_model: FakeModelServer,
 
 async def test_create_server_without_core_closes_its_own(fake_model: FakeModelServer,
                                                          fake_resources: FakeResourcesServer) -> None:
-    from gateway import create_server
+    from rollgate.gateway import create_server
 
     server, port = await create_server(make_config(fake_model.base_url, fake_resources.url))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        from protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
+        from rollgate.protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
 
         res = await pb_grpc.GatewayStub(channel).Rollout(_req("r", task("say: z", "z")), timeout=10)
         assert res.reward == 1.0
@@ -184,8 +183,8 @@ async def test_batched_stream_both_ways_with_the_collector_client(fake_model: Fa
                                                                   fake_resources: FakeResourcesServer) -> None:
     """Under load the collector sends many rollouts per message and the gateway answers many per message; every
     result still reaches the spec with its id (the answer text and reward are that task's own)."""
-    from collector._client import GatewayClient
-    from collector._tasks import RolloutSpec
+    from rollgate.collector.run._gateway_client import GatewayClient
+    from rollgate.collector.run._tasks import RolloutSpec
 
     n = 300
     specs = []
@@ -250,9 +249,8 @@ async def test_older_client_one_rollout_per_message_gets_every_answer(
 
 def test_outcome_bytes_equal_a_plain_encoding_of_the_outcome() -> None:
     """The trajectory is encoded once and spliced into the response: the bytes are still exactly orjson's."""
-    from gateway._agent import RolloutOutcome
-    from gateway._outcome import RolloutErrorInfo, Timings
-    from gateway._servicer import outcome_to_pb
+    from rollgate.gateway._outcome import RolloutErrorInfo, RolloutOutcome, Timings
+    from rollgate.gateway._servicer import outcome_to_pb
 
     output = [{"type": "message", "content": [{"type": "output_text", "text": "héllo ✓", "logprobs": [-0.25]}]}]
     response = {"id": "resp_1", "output": output, "usage": {"total_tokens": 3}, "temperature": 0.1}

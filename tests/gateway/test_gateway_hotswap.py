@@ -1,4 +1,3 @@
-# mypy: disable-error-code="import-untyped"
 """Hot-swap: ``gateway set`` under load (Done when 4), refused invalid routes, config directory reloads."""
 
 from __future__ import annotations
@@ -14,11 +13,11 @@ import orjson
 import pytest
 import yaml
 
-import gateway
-from gateway import Security
-from gateway._reload import ConfigReloader
-from protos.rollgate.v1 import gateway_pb2 as pb
-from protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
+from rollgate import gateway
+from rollgate.gateway import Security
+from rollgate.gateway._reload import ConfigReloader
+from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
+from rollgate.protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
 from tests.fakes import FakeModelServer, FakeResourcesServer
 from tests.gateway.collector_run import finish, read_rows, start_collector, write_tasks
 from tests.gateway.gw_helpers import live_gateway, make_config, scrape, task, value

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway._main import ServeArgs
-from protos.rollgate.v1 import gateway_pb2 as pb
+from rollgate.gateway._main import ServeArgs
+from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
+from rollgate.verifier.hosting import VerifierCore, create_app, load_target, start_server
 from tests.fakes import FakeModelServer, FakeResourcesServer
 from tests.gateway.collector_run import finish, read_rows, start_collector, write_tasks
 from tests.gateway.gw_helpers import collect, live_gateway, make_config, req, task
-from verifier import VerifierCore, create_app, load_target, start_server
 
 MIB = 2**20
 

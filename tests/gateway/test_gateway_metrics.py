@@ -1,4 +1,3 @@
-# mypy: disable-error-code="import-untyped"
 """/metrics passes promtool and its key series hold the values of a known run (Done when 5); probes; JSON logs."""
 
 from __future__ import annotations
@@ -11,10 +10,10 @@ import subprocess
 import aiohttp
 import pytest
 
-from gateway import Security
-from gateway._logging import JsonFormatter, rollout_id_var
-from gateway._metrics import safe_url
-from protos.rollgate.v1 import gateway_pb2 as pb
+from rollgate.gateway import Security
+from rollgate.gateway._logging import JsonFormatter, rollout_id_var
+from rollgate.gateway._metrics import safe_url
+from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
 from tests.conftest import require_tool
 from tests.fakes import FakeModelServer, FakeResourcesServer
 from tests.gateway.gw_helpers import collect, live_gateway, make_config, req, samples, scrape, task, value
@@ -102,7 +101,7 @@ def test_json_log_lines_carry_the_rollout_id_and_no_secrets() -> None:
     fmt = JsonFormatter()
     token = rollout_id_var.set("rid-42")
     try:
-        rec = logging.LogRecord("gateway.retry", logging.WARNING, __file__, 1, "retrying %s", ("model",), None)
+        rec = logging.LogRecord("rollgate.gateway.retry", logging.WARNING, __file__, 1, "retrying %s", ("model",), None)
         rec.__dict__.update({"cause": "http_429", "authorization": "Bearer SECRET", "headers": {"x": "SECRET"}})
         line = json.loads(fmt.format(rec))
     finally:

@@ -1,4 +1,3 @@
-# mypy: disable-error-code="import-untyped"
 """A verifier restart mid-run (Done when 2), a hanging model (Done when 3), and graceful drain on SIGTERM."""
 
 from __future__ import annotations
@@ -13,12 +12,19 @@ from pathlib import Path
 import aiohttp
 import grpc
 
-from protos.rollgate.v1 import gateway_pb2 as pb
-from protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
+from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
+from rollgate.protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
 from tests.fakes import FakeModelServer, FakeResourcesServer
 from tests.gateway.collector_run import finish, read_rows, start_collector, write_tasks
 from tests.gateway.gw_helpers import (
-    collect, live_gateway, make_config, req, results_until_unavailable, scrape, task, value,
+    collect,
+    live_gateway,
+    make_config,
+    req,
+    results_until_unavailable,
+    scrape,
+    task,
+    value,
 )
 
 
@@ -109,7 +115,7 @@ async def test_sigterm_drains_in_flight_rollouts_then_refuses_new_work(
         cfg = tmp_path / "gw.yaml"
         cfg.write_text(_YAML.format(model=model.base_url, verifier=fake_resources.url))
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "serve", "--config", str(cfg), "--port", "0", "--metrics-port", "0",
+            sys.executable, "-m", "rollgate.gateway", "serve", "--config", str(cfg), "--port", "0", "--metrics-port", "0",
             "--grace-s", "20", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
             assert proc.stdout is not None
@@ -162,7 +168,7 @@ async def test_served_gateway_reloads_its_config_file_on_sighup(
         cfg = tmp_path / "gw.yaml"
         cfg.write_text(_YAML.format(model=model.base_url, verifier=fake_resources.url))
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "serve", "--config", str(cfg), "--port", "0", "--metrics-port", "0",
+            sys.executable, "-m", "rollgate.gateway", "serve", "--config", str(cfg), "--port", "0", "--metrics-port", "0",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
             assert proc.stdout is not None

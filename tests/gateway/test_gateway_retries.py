@@ -1,4 +1,3 @@
-# mypy: disable-error-code="import-untyped"
 """Retries under a flaky model (Done when 1), Retry-After, final 4xx, replicas, cool-down and AIMD limits."""
 
 from __future__ import annotations
@@ -8,10 +7,10 @@ import random
 
 import pytest
 
-from gateway import GatewayCore, GatewayMetrics, RetryConfig, RolloutRequest
-from gateway._retry import retry_wait_s
-from gateway.errors import ModelError
-from protos.rollgate.v1 import gateway_pb2 as pb
+from rollgate.gateway import GatewayCore, GatewayMetrics, RetryConfig, RolloutRequest
+from rollgate.gateway._retry import retry_wait_s
+from rollgate.gateway.errors import ModelError
+from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
 from tests.fakes import FakeModelServer, FakeResourcesServer
 from tests.gateway.gw_helpers import collect, live_gateway, make_config, req, scrape, task, value
 
@@ -61,13 +60,13 @@ async def test_retry_after_header_sets_the_wait_and_each_retry_is_logged_once_wi
     async with FakeModelServer(faults=[(429, 1.0, "1")]) as model:
         cfg = make_config(model.base_url, fake_resources.url, kind="single_turn",
                           retries={"attempts": 3, "retry_after_cap_s": 0.2, "initial_wait_s": 0.001})
-        with caplog.at_level("WARNING", logger="gateway.retry"):
+        with caplog.at_level("WARNING", logger="rollgate.gateway.retry"):
             async with GatewayCore(cfg, metrics=GatewayMetrics()) as core:
                 out = await core.run_rollout(RolloutRequest.from_dicts("r1", "a", task("say: x", "x")))
     assert out.error is not None and out.error.http_status == 429 and out.error.attempts == 3
     assert out.reward is None
     assert model.served[429] == 3
-    retries = [r for r in caplog.records if r.name == "gateway.retry"]
+    retries = [r for r in caplog.records if r.name == "rollgate.gateway.retry"]
     assert [(r.__dict__["cause"], r.__dict__["wait_s"], r.__dict__["attempt"]) for r in retries] == [
         ("http_429", 0.2, 1), ("http_429", 0.2, 2)]
 
@@ -135,7 +134,7 @@ async def test_calls_waiting_at_the_configured_ceiling_are_logged_once(
     async with FakeModelServer(latency_s=0.05) as model:
         cfg = make_config(model.base_url, fake_resources.url, kind="single_turn", model={"max_concurrency": 3})
         async with live_gateway(cfg) as gw:
-            with caplog.at_level("WARNING", logger="gateway.backends"):
+            with caplog.at_level("WARNING", logger="rollgate.gateway.backends"):
                 results = await collect(gw.stub, [req(f"r{i}", task("say: y", "y")) for i in range(30)], window=30)
     assert all(r.status == pb.ROLLOUT_STATUS_OK for r in results.values())
     warnings = [r.getMessage() for r in caplog.records if "wait for a slot" in r.getMessage()]

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway import GatewayCore, RolloutRequest
+from rollgate.gateway import GatewayCore, RolloutRequest
 from tests.fakes import FakeModelServer, FakeResourcesServer
 from tests.gateway.gw_helpers import make_config, task
 
@@ -66,7 +66,7 @@ async def test_responses_api_on_backend_without_it_is_a_final_model_error(
 async def test_unknown_param_dropped_with_one_warning_per_agent(
         fake_model: FakeModelServer, fake_resources: FakeResourcesServer, caplog: pytest.LogCaptureFixture) -> None:
     cfg = make_config(fake_model.base_url, fake_resources.url, kind="single_turn")
-    caplog.set_level(logging.WARNING, logger="gateway.model")
+    caplog.set_level(logging.WARNING, logger="rollgate.gateway.model")
     async with GatewayCore(cfg) as core:
         for i in range(4):
             out = await core.run_rollout(RolloutRequest.from_dicts(

@@ -12,11 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from protos.rollgate.v1 import gateway_pb2 as pb
+from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
 from tests.fakes import FakeModelServer, FakeResourcesServer
 from tests.gateway.collector_run import finish, read_rows, start_collector, write_tasks
 from tests.gateway.gw_helpers import (
-    live_gateway, make_config, req, results_until_unavailable, scrape, task, until, value,
+    live_gateway,
+    make_config,
+    req,
+    results_until_unavailable,
+    scrape,
+    task,
+    until,
+    value,
 )
 
 

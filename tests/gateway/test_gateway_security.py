@@ -1,4 +1,3 @@
-# mypy: disable-error-code="import-untyped"
 """A real client nobody here wrote (grpcurl), bearer tokens, TLS and mutual TLS (Done when 6)."""
 
 from __future__ import annotations
@@ -13,9 +12,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway import Security
-from protos.rollgate.v1 import gateway_pb2 as pb
-from protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
+from rollgate.gateway import Security
+from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
+from rollgate.protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
 from tests.conftest import require_tool
 from tests.fakes import FakeModelServer, FakeResourcesServer
 from tests.gateway.collector_run import finish

@@ -17,19 +17,19 @@ import aiohttp
 import pytest
 from prometheus_client import generate_latest
 
-from gateway import GatewayCore, RolloutRequest
+from rollgate.gateway import GatewayCore, RolloutRequest
+from rollgate.verifier.hosting import RunningServer, VerifierCore, create_app, load_target, start_server
 from tests.fakes import FakeModelServer, FakeResourcesServer
 from tests.gateway.gw_helpers import make_config, samples, task
-from verifier import RunningServer, VerifierCore, create_app, load_target, start_server
 
 PLAIN = "def verify(task, response):\n    return 1.0\n"
 WITH_SESSION = """
-from verifier import Session
+from rollgate.verifier import Session
 def verify(task, response, session: Session):
     return {"reward": 1.0, "seeded": session.state.get("seeded", False)}
 """
 WITH_TOOLS = """
-from verifier import ResourcesServer, tool
+from rollgate.verifier import ResourcesServer, tool
 class S(ResourcesServer):
     def seed_session(self, session, body):
         session.state["seeded"] = True

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway import load_config
+from rollgate.gateway import load_config
 from tests.helm.chart import (
     Manifest,
     arg_after,

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from collector import CollectConfig
-from collector._config import COLLECT_ALIASES
-from collector._merge import MergeConfig
-from collector._ready import stop_process, wait_ready
-from rollgate_common import parse_cli
+from rollgate._cli import parse_cli
+from rollgate.collector import CollectConfig
+from rollgate.collector._children import stop_process, wait_ready
+from rollgate.collector.postprocess._merge import MergeConfig
+from rollgate.collector.run._config import COLLECT_ALIASES
 from tests.helm.chart import Manifest, name, one
 
 REPO = Path(__file__).resolve().parents[2]

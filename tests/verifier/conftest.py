@@ -6,14 +6,14 @@ import json
 import sys
 import textwrap
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Awaitable
+from typing import Any
 
 import aiohttp
 import pytest
 
-from verifier import LoadedVerifier, RunningServer, create_app, start_server
+from rollgate.verifier.hosting import LoadedVerifier, RunningServer, create_app, start_server
 
 DATA = Path(__file__).resolve().parent / "data"
 

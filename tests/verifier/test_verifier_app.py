@@ -6,14 +6,15 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 import pytest
-from tests.verifier.verifier_helpers import answer_response, client
 
-from verifier import VerifierCore, load_target
+from rollgate.verifier.hosting import VerifierCore, load_target
+from tests.verifier.verifier_helpers import answer_response, client
 
 WriteModule = Callable[..., str]
 
@@ -94,7 +95,7 @@ async def test_verify_exception_is_reported_without_a_traceback(serve: Any, http
             raise ValueError("the judge is down")
     """)
     server = await serve(f"{name}:verify")
-    with caplog.at_level(logging.ERROR, logger="verifier"):
+    with caplog.at_level(logging.ERROR, logger="rollgate.verifier"):
         status, answer = await _post(http, f"{server.url}/verify", _body())
     assert status == 500
     assert answer == {"error": {"kind": "verify_exception", "message": "ValueError: the judge is down"}}
@@ -180,7 +181,7 @@ async def test_healthz(serve: Any, http: aiohttp.ClientSession) -> None:
 
 STATEFUL = """
     import asyncio
-    from verifier import ResourcesServer, Session, tool
+    from rollgate.verifier import ResourcesServer, Session, tool
 
     class Counter(ResourcesServer):
         def __init__(self):
@@ -328,7 +329,7 @@ async def test_verify_batch_scores_each_body_alone_and_counts_each(serve: Any, h
 async def test_verify_batch_items_that_need_a_session_say_so(serve: Any, http: aiohttp.ClientSession,
                                                              user_module: WriteModule) -> None:
     name = user_module("""
-        from verifier import Session
+        from rollgate.verifier import Session
 
         def verify(task, response, session: Session):
             return 1.0

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from verifier import VerifierCore, load_target, main
-from verifier._judge import LLMJudge
-from verifier.errors import InvalidTask, JudgeFailed
+from rollgate.verifier._judge import LLMJudge
+from rollgate.verifier.errors import InvalidTask, JudgeFailed
+from rollgate.verifier.hosting import VerifierCore, load_target, main
 
 from .verifier_helpers import answer_response
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from tests.verifier.verifier_helpers import answer_response
 
-from verifier._text import final_answer, normalize, strip_think
+from rollgate.verifier._text import final_answer, normalize, strip_think
+from tests.verifier.verifier_helpers import answer_response
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -130,7 +130,7 @@ def test_final_answer_joins_output_text_parts_and_skips_other_items() -> None:
 
 async def test_bodies_match_the_protocol_field_for_field(serve: Any, http: aiohttp.ClientSession,
                                                          nemo_request: dict[str, Any]) -> None:
-    from verifier import ErrorBody, VerifyRequest, VerifyResponse
+    from rollgate.verifier.protocol import ErrorBody, VerifyRequest, VerifyResponse
 
     # The typed request model reads NeMo Gym's real body and writes it back unchanged, field for field.
     request = VerifyRequest.model_validate(nemo_request)

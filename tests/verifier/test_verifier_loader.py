@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
-from verifier import VerifierLoadError, load_target
+from rollgate.verifier.hosting import VerifierLoadError, load_target
 
 WriteModule = Callable[..., str]
 
@@ -80,7 +80,7 @@ def test_class_that_is_not_a_resources_server(user_module: WriteModule) -> None:
 
 
 def test_resources_server_without_verify(user_module: WriteModule) -> None:
-    name = user_module("from verifier import ResourcesServer\nclass S(ResourcesServer):\n    pass\n")
+    name = user_module("from rollgate.verifier import ResourcesServer\nclass S(ResourcesServer):\n    pass\n")
     assert "does not define verify" in _load_error(f"{name}:S")
 
 
@@ -91,7 +91,7 @@ def test_verify_with_the_wrong_signature(user_module: WriteModule) -> None:
 
 def test_constructor_that_raises(user_module: WriteModule) -> None:
     name = user_module(
-        "from verifier import ResourcesServer\n"
+        "from rollgate.verifier import ResourcesServer\n"
         "class S(ResourcesServer):\n"
         "    def __init__(self):\n        raise RuntimeError('no db')\n"
         "    def verify(self, task, response):\n        return 1.0\n"
@@ -101,14 +101,14 @@ def test_constructor_that_raises(user_module: WriteModule) -> None:
 
 def test_reserved_tool_name(user_module: WriteModule) -> None:
     name = user_module(
-        "from verifier import ResourcesServer, tool\n"
+        "from rollgate.verifier import ResourcesServer, tool\n"
         "class S(ResourcesServer):\n"
         "    @tool(name='healthz')\n    def h(self):\n        return {}\n"
         "    def verify(self, task, response):\n        return 1.0\n"
     )
     assert "tool name 'healthz'" in _load_error(f"{name}:S")
     batch = user_module(
-        "from verifier import ResourcesServer, tool\n"
+        "from rollgate.verifier import ResourcesServer, tool\n"
         "class S(ResourcesServer):\n"
         "    @tool\n    def verify_batch(self):\n        return {}\n"
         "    def verify(self, task, response):\n        return 1.0\n"
@@ -118,7 +118,7 @@ def test_reserved_tool_name(user_module: WriteModule) -> None:
 
 def test_kinds_of_target(user_module: WriteModule) -> None:
     name = user_module(
-        "from verifier import ResourcesServer, tool\n"
+        "from rollgate.verifier import ResourcesServer, tool\n"
         "def verify(task, response):\n    return 1.0\n"
         "async def averify(task, response):\n    return 1.0\n"
         "class S(ResourcesServer):\n"
@@ -143,7 +143,7 @@ def test_declared_versions(user_module: WriteModule) -> None:
     name = user_module("__verifier_version__ = 'v7'\ndef verify(task, response):\n    return 1.0\n")
     assert load_target(f"{name}:verify").version == "v7"
     name = user_module(
-        "from verifier import ResourcesServer\n"
+        "from rollgate.verifier import ResourcesServer\n"
         "class S(ResourcesServer):\n    version = '2024.1'\n"
         "    def verify(self, task, response):\n        return 1.0\n"
     )

@@ -11,8 +11,8 @@ from typing import Any
 
 import aiohttp
 
-from verifier import VerifierCore, create_app, load_target, start_server
-from verifier._reload import Reloader
+from rollgate.verifier._reload import Reloader
+from rollgate.verifier.hosting import VerifierCore, create_app, load_target, start_server
 
 from .verifier_helpers import answer_response
 

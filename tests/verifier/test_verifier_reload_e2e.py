@@ -61,7 +61,7 @@ def test_edit_during_a_run_changes_rewards_and_loses_nothing(tmp_path: Path) -> 
                                   "--latency-ms", "40"], cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env_with())
         procs.append(model)
         model_url = str(read_ready(model)["url"])
-        verifier = subprocess.Popen([sys.executable, "-m", "verifier", "serve", "my_verify:verify", "--reload",
+        verifier = subprocess.Popen([sys.executable, "-m", "rollgate.verifier", "serve", "my_verify:verify", "--reload",
                                      "--port", "0"], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
                                     env=env_with(PYTHONPATH=str(ROOT)))
         procs.append(verifier)
@@ -69,7 +69,7 @@ def test_edit_during_a_run_changes_rewards_and_loses_nothing(tmp_path: Path) -> 
         config = {"agents": {"a": {"kind": "single_turn", "verifier_url": verifier_url,
                                    "model": {"base_urls": [model_url], "name": "fake", "api": "chat_completions"}}}}
         (tmp_path / "gw.json").write_text(json.dumps(config))
-        gw = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(tmp_path / "gw.json"),
+        gw = subprocess.Popen([sys.executable, "-m", "rollgate.gateway", "serve", "--config", str(tmp_path / "gw.json"),
                                "--port", "0", "--metrics-port", "0"], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                               env=env_with())
         procs.append(gw)
@@ -113,6 +113,6 @@ def test_edit_during_a_run_changes_rewards_and_loses_nothing(tmp_path: Path) -> 
 
 
 def test_reload_flag_is_in_the_usage() -> None:
-    out = subprocess.run([sys.executable, "-m", "verifier", "serve", "--help"], cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "rollgate.verifier", "serve", "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert "--reload" in out.stdout and "--token-env" in out.stdout

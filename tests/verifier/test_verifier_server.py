@@ -1,4 +1,4 @@
-"""`python -m verifier serve` as a real process, main()'s exit codes, and the package's front door."""
+"""`rollgate verifier serve` as a real process, main()'s exit codes, and the package's front door."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from tests.verifier.verifier_helpers import TIMEOUT, answer_response
 
-import verifier
-from verifier import main
+from rollgate import verifier
+from rollgate.verifier.hosting import main
+from tests.verifier.verifier_helpers import TIMEOUT, answer_response
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,7 +29,7 @@ def _env() -> dict[str, str]:
 
 async def _spawn(*args: str, cwd: Path = REPO) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "verifier", *args,
+        sys.executable, "-m", "rollgate.verifier", *args,
         cwd=cwd, env=_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
 
@@ -102,7 +102,7 @@ async def test_serve_unloadable_target_exits_2_before_binding() -> None:
         (["serve", "+target=exact_match", "--prot", "1"], "did you mean 'port'"),
         (["serve", "exact_match", "--port", "70000"], "port"),
         (["launch", "exact_match"], "unknown command 'launch'"),
-        ([], "usage: python -m verifier serve"),
+        ([], "usage: rollgate verifier serve"),
     ],
 )
 def test_main_errors_exit_2(argv: list[str], expect: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -122,7 +122,7 @@ def test_exported_members() -> None:
 
 
 def test_errors_module_exports_the_tree() -> None:
-    from verifier import errors
+    from rollgate.verifier import errors
 
     for name in errors.__all__:
         cls = getattr(errors, name)

@@ -9,19 +9,19 @@ from typing import Any
 import aiohttp
 import pytest
 
+from rollgate.verifier.hosting import VerifierCore, create_app, load_target, start_server
 from tests.verifier.verifier_helpers import answer_response
-from verifier import VerifierCore, create_app, load_target, start_server
 
 FUNCTION = "def verify(task, response):\n    return 1.0\n"
 FUNCTION_WITH_SESSION = "def verify(task, response, session):\n    return float(session is not None)\n"
 SERVER_PLAIN = """
-from verifier import ResourcesServer
+from rollgate.verifier import ResourcesServer
 class S(ResourcesServer):
     def verify(self, task, response):
         return 1.0
 """
 SERVER_TOOL = """
-from verifier import ResourcesServer, tool
+from rollgate.verifier import ResourcesServer, tool
 class S(ResourcesServer):
     @tool
     def echo(self, text: str) -> str:
@@ -30,7 +30,7 @@ class S(ResourcesServer):
         return 1.0
 """
 SERVER_SEED_HOOK = """
-from verifier import ResourcesServer
+from rollgate.verifier import ResourcesServer
 class S(ResourcesServer):
     def seed_session(self, session, body):
         session.state["n"] = 1

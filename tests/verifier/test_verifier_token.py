@@ -37,7 +37,7 @@ async def test_verify_serve_reads_the_token_from_the_named_env_var() -> None:
 
     from tests.e2e.stack import ROOT, env_with, read_ready, stop
 
-    proc = subprocess.Popen([sys.executable, "-m", "verifier", "serve", "exact_match", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "rollgate.verifier", "serve", "exact_match", "--port", "0",
                              "--token-env", "MY_TOKEN"], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                             env=env_with(MY_TOKEN="t0k"))
     try:

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 import uvicorn
 
-from collector._viewer import Viewer, serve
-from collector._viewer._main import _bind
+from rollgate.collector.viewer import Viewer, serve
+from rollgate.collector.viewer._main import _bind
 from tests.viewer.rows import make_run, write_rows
 
 MALFORMED = '{"responses_create_params": {"input": "torn'

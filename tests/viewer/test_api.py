@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from collector._viewer import Viewer
+from rollgate.collector.viewer import Viewer
 from tests.viewer.conftest import get_json, running
 from tests.viewer.rows import make_run
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from collector._viewer import Viewer
+from rollgate.collector.viewer import Viewer
 from tests.conftest import require_tool
 from tests.viewer.conftest import running
 from tests.viewer.rows import make_run

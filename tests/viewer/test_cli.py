@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from collector import viewer_main
+from rollgate.collector import viewer_main
 from tests.viewer.rows import make_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ def test_ng_viewer_prints_url_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None
     other = tmp_path / "other.jsonl"
     make_run(other, tasks=3, repeats=2, seed=5)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collector", "view", "--input-jsonl-fpath", str(path), "+port=0",
+        [sys.executable, "-m", "rollgate.collector", "view", "--input-jsonl-fpath", str(path), "+port=0",
          f"+compare_jsonl_fpath={other}"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -66,8 +66,8 @@ def test_bad_arguments_are_one_clear_error(tmp_path: Path, capsys: Any) -> None:
 
 
 def test_rollgate_view_is_ng_viewer_and_all_matches_importable(capsys: Any) -> None:
-    import collector._viewer as viewer_pkg
-    from collector import rollgate_main
+    import rollgate.collector.viewer as viewer_pkg
+    from rollgate.collector import rollgate_main
 
     assert rollgate_main(["view"]) == 2  # the same parser: it names the missing key
     assert "input_jsonl_fpath" in capsys.readouterr().err

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from collector._viewer import RolloutIndex
-from collector._viewer._index import Malformed, RowStatus
-from collector._viewer._main import _progress_printer
-from collector._viewer._query import FilterError, Query, matching, parse_filter, search
+from rollgate.collector.viewer import RolloutIndex
+from rollgate.collector.viewer._index import Malformed, RowStatus
+from rollgate.collector.viewer._main import _progress_printer
+from rollgate.collector.viewer._query import FilterError, Query, matching, parse_filter, search
 from tests.viewer.rows import failure, rollout
 
 

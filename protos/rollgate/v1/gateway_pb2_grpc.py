@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos.rollgate.v1 import gateway_pb2 as protos_dot_rollgate_dot_v1_dot_gateway__pb2
+from rollgate.protos.rollgate.v1 import gateway_pb2 as rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/rollgate/v1/gateway_pb2_grpc.py depends on'
+        + ' but the generated code in rollgate/protos/rollgate/v1/gateway_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,18 +37,18 @@ class GatewayStub:
         """
         self.Collect = channel.stream_stream(
                 '/rollgate.v1.Gateway/Collect',
-                request_serializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.CollectRequest.SerializeToString,
-                response_deserializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.CollectResponse.FromString,
+                request_serializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.CollectRequest.SerializeToString,
+                response_deserializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.CollectResponse.FromString,
                 _registered_method=True)
         self.Rollout = channel.unary_unary(
                 '/rollgate.v1.Gateway/Rollout',
-                request_serializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.RolloutRequest.SerializeToString,
-                response_deserializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.RolloutResult.FromString,
+                request_serializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.RolloutResult.FromString,
                 _registered_method=True)
         self.ListAgents = channel.unary_unary(
                 '/rollgate.v1.Gateway/ListAgents',
-                request_serializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.ListAgentsRequest.SerializeToString,
-                response_deserializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.ListAgentsResponse.FromString,
+                request_serializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.ListAgentsRequest.SerializeToString,
+                response_deserializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
 
 
@@ -83,18 +83,18 @@ def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Collect': grpc.stream_stream_rpc_method_handler(
                     servicer.Collect,
-                    request_deserializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.CollectRequest.FromString,
-                    response_serializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.CollectResponse.SerializeToString,
+                    request_deserializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.CollectRequest.FromString,
+                    response_serializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.CollectResponse.SerializeToString,
             ),
             'Rollout': grpc.unary_unary_rpc_method_handler(
                     servicer.Rollout,
-                    request_deserializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.RolloutRequest.FromString,
-                    response_serializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.RolloutResult.SerializeToString,
+                    request_deserializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.RolloutRequest.FromString,
+                    response_serializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.RolloutResult.SerializeToString,
             ),
             'ListAgents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAgents,
-                    request_deserializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.ListAgentsRequest.FromString,
-                    response_serializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.ListAgentsResponse.SerializeToString,
+                    request_deserializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.ListAgentsRequest.FromString,
+                    response_serializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.ListAgentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -123,8 +123,8 @@ class Gateway:
             request_iterator,
             target,
             '/rollgate.v1.Gateway/Collect',
-            protos_dot_rollgate_dot_v1_dot_gateway__pb2.CollectRequest.SerializeToString,
-            protos_dot_rollgate_dot_v1_dot_gateway__pb2.CollectResponse.FromString,
+            rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.CollectRequest.SerializeToString,
+            rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.CollectResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -150,8 +150,8 @@ class Gateway:
             request,
             target,
             '/rollgate.v1.Gateway/Rollout',
-            protos_dot_rollgate_dot_v1_dot_gateway__pb2.RolloutRequest.SerializeToString,
-            protos_dot_rollgate_dot_v1_dot_gateway__pb2.RolloutResult.FromString,
+            rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.RolloutRequest.SerializeToString,
+            rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.RolloutResult.FromString,
             options,
             channel_credentials,
             insecure,
@@ -177,8 +177,8 @@ class Gateway:
             request,
             target,
             '/rollgate.v1.Gateway/ListAgents',
-            protos_dot_rollgate_dot_v1_dot_gateway__pb2.ListAgentsRequest.SerializeToString,
-            protos_dot_rollgate_dot_v1_dot_gateway__pb2.ListAgentsResponse.FromString,
+            rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.ListAgentsRequest.SerializeToString,
+            rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.ListAgentsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -202,13 +202,13 @@ class GatewayAdminStub:
         """
         self.GetRoute = channel.unary_unary(
                 '/rollgate.v1.GatewayAdmin/GetRoute',
-                request_serializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.GetRouteRequest.SerializeToString,
-                response_deserializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.Route.FromString,
+                request_serializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.GetRouteRequest.SerializeToString,
+                response_deserializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.Route.FromString,
                 _registered_method=True)
         self.SetRoute = channel.unary_unary(
                 '/rollgate.v1.GatewayAdmin/SetRoute',
-                request_serializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.SetRouteRequest.SerializeToString,
-                response_deserializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.Route.FromString,
+                request_serializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.SetRouteRequest.SerializeToString,
+                response_deserializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.Route.FromString,
                 _registered_method=True)
 
 
@@ -233,13 +233,13 @@ def add_GatewayAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetRoute': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRoute,
-                    request_deserializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.GetRouteRequest.FromString,
-                    response_serializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.Route.SerializeToString,
+                    request_deserializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.GetRouteRequest.FromString,
+                    response_serializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.Route.SerializeToString,
             ),
             'SetRoute': grpc.unary_unary_rpc_method_handler(
                     servicer.SetRoute,
-                    request_deserializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.SetRouteRequest.FromString,
-                    response_serializer=protos_dot_rollgate_dot_v1_dot_gateway__pb2.Route.SerializeToString,
+                    request_deserializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.SetRouteRequest.FromString,
+                    response_serializer=rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.Route.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,8 +268,8 @@ class GatewayAdmin:
             request,
             target,
             '/rollgate.v1.GatewayAdmin/GetRoute',
-            protos_dot_rollgate_dot_v1_dot_gateway__pb2.GetRouteRequest.SerializeToString,
-            protos_dot_rollgate_dot_v1_dot_gateway__pb2.Route.FromString,
+            rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.GetRouteRequest.SerializeToString,
+            rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.Route.FromString,
             options,
             channel_credentials,
             insecure,
@@ -295,8 +295,8 @@ class GatewayAdmin:
             request,
             target,
             '/rollgate.v1.GatewayAdmin/SetRoute',
-            protos_dot_rollgate_dot_v1_dot_gateway__pb2.SetRouteRequest.SerializeToString,
-            protos_dot_rollgate_dot_v1_dot_gateway__pb2.Route.FromString,
+            rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.SetRouteRequest.SerializeToString,
+            rollgate_dot_protos_dot_rollgate_dot_v1_dot_gateway__pb2.Route.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,7 +10,7 @@ envelopes around them are typed.
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from protos.rollgate.v1 import gateway_pb2 as _gateway_pb2
+from rollgate.protos.rollgate.v1 import gateway_pb2 as _gateway_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -1,0 +1,16 @@
+"""The collection run (``ng_collect_rollouts`` / ``rollgate collect``): tasks in, rollouts out.
+
+Reads the tasks file, streams rollouts to the gateway(s) over gRPC with flow control and reconnects, and writes
+rows in input order, whole groups only, with a manifest and a ``.failures`` sidecar; ``+resume=true`` skips
+what an earlier run finished.
+
+    from rollgate.collector.run import collect_main
+    status = collect_main(["+agent_name=my_agent", "+input_jsonl_fpath=t.jsonl", "+output_jsonl_fpath=o.jsonl"])
+"""
+
+from __future__ import annotations
+
+from rollgate.collector.run._collect import collect, collect_main
+from rollgate.collector.run._config import CollectConfig
+
+__all__ = ["CollectConfig", "collect", "collect_main"]

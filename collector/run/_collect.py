@@ -1,0 +1,350 @@
+"""``ng_collect_rollouts`` / ``rollgate collect``: tasks JSONL in, rollouts JSONL out, means on stdout.
+
+The order of a run, and why:
+1. parse and validate the config (a bad key or value stops here, exit 2);
+2. check the whole input file in one streaming pass (``Found N rows!``; a bad line stops here, exit 2);
+3. check that the output path can be written (exit 2), then ask the gateway for its agents (unknown agent: exit 2;
+   no gateway: exit 1);
+only then is anything written. A fresh run moves the previous output aside (``.bak``) and writes the output
+directly, so it is a valid JSONL prefix at every moment; ``+resume=true`` keeps what is there, writes a
+``*.resume-….partial`` file and renames it over the output at the end (input order, every rollout once). Then the
+manifest is written and the means JSON goes to stdout. Exit 1 if more than ``max_failure_fraction`` failed.
+
+Ctrl-C: the first one stops sending, writes the complete groups and the manifest, prints a partial summary and
+the command to resume (exit 130); a second one exits at once — it is handled on the event loop, between writes,
+so no line is torn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import shlex
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from rollgate._cli import parse_cli, run_cli
+from rollgate.collector._outputs import failures_path, manifest_path, move_aside, utc_stamp
+from rollgate.collector.errors import CollectorError, OutputError, UnknownAgentError, UsageError
+from rollgate.collector.run._channels import TlsFiles
+from rollgate.collector.run._config import COLLECT_ALIASES, CollectConfig
+from rollgate.collector.run._gateway_client import GatewayClient
+from rollgate.collector.run._manifest import RunRecord, endpoints_of, write_manifest
+from rollgate.collector.run._resume import ExistingRows, partial_paths, resume_sources, warn_about
+from rollgate.collector.run._rows import RESERVED_KEYS, MeansAccumulator, build_row
+from rollgate.collector.run._tasks import RolloutSpec, check_input, iter_specs, shard_task_count
+from rollgate.collector.run._writer import GroupWriter
+from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
+
+__all__ = ["collect", "collect_main", "reorder_window"]
+
+# Failed rollouts are listed one line each up to this many, then only counted (a dead backend fails thousands).
+_MAX_FAILURE_LINES = 10
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def reorder_window(num_samples_in_parallel: int, num_repeats: int) -> int:
+    """How far (in rollouts) sending may run ahead of the oldest unwritten rollout.
+
+    At least two groups so the head group can always be sent whole; many times the parallelism so one slow
+    rollout (a long-tailed model: p99 ten times the median) does not idle the other slots while the rows behind
+    it wait. Memory stays bounded by the writer's byte cap as well as by this count.
+    """
+    return max(64 * num_samples_in_parallel, 2 * num_repeats, 1024)
+
+
+def _usage() -> str:
+    lines = ["usage: ng_collect_rollouts +key=value ... (or --key value)", "", "keys:"]
+    for name, info in CollectConfig.model_fields.items():
+        required = " (required)" if info.is_required() else ""
+        lines.append(f"  {name}{required}: {info.description or ''}")
+    return "\n".join(lines)
+
+
+def collect_main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point of ``ng_collect_rollouts``; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(_usage())
+        return 0
+    status = run_cli(lambda: _run(args))
+    if argv is None:  # the console script, not a caller in this process
+        exit_now(status)
+    return status
+
+
+def exit_now(status: int) -> None:
+    """End the process without the interpreter's teardown, once every file is closed and the run is over.
+
+    Tearing down the modules a run loads (pydantic, protobuf, gRPC) takes 50–100 ms, a third of the command's
+    fixed cost, and does nothing for the user: the output, sidecar and manifest are closed by now. Only the
+    standard streams and logging handlers still hold buffered bytes; they are flushed first.
+    """
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (``| head``): nothing more can be said on it
+            pass
+    os._exit(status)
+
+
+def resume_command(args: Sequence[str]) -> str:
+    """The exact command that resumes this run: the same arguments with ``+resume=true``."""
+    kept = [a for a in args if not a.lstrip("+-").replace("-", "_").startswith(("resume=", "resume_from_cache="))
+            and a not in ("--resume", "--resume_from_cache", "--resume-from-cache")]
+    return shlex.join(["ng_collect_rollouts", *kept, "+resume=true"])
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    # uvloop makes each loop iteration and socket callback cheaper; the collector is one loop doing little else.
+    try:
+        import uvloop
+    except ImportError:  # optional: asyncio's own loop behaves the same, a little slower
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _run(args: list[str]) -> int:
+    cfg = parse_cli(args, CollectConfig, aliases=COLLECT_ALIASES)
+    try:
+        with asyncio.Runner(loop_factory=_new_loop) as runner:
+            return runner.run(collect(cfg, command=resume_command(args)))
+    except CollectorError as exc:
+        _log(f"error: {exc}")
+        return exc.exit_status
+    except KeyboardInterrupt:  # only reached when Ctrl-C lands before the loop's own handler is installed
+        _log("interrupted before any rollout ran; nothing was written")
+        return 130
+
+
+def _check_output(cfg: CollectConfig, output: Path) -> None:
+    """Fail now, with one line, if the output cannot be written — before the old one is moved or anything sent."""
+    if output.resolve() == Path(cfg.input_jsonl_fpath).resolve():
+        raise UsageError("output_jsonl_fpath is the input file; choose another output path")
+    if output.is_dir():
+        raise OutputError(str(output), "it is a directory")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise OutputError(str(output), exc.strerror or str(exc)) from None
+
+
+async def collect(cfg: CollectConfig, *, command: str | None = None) -> int:
+    """Run one collection; raises ``CollectorError`` for anything that stops it before rollouts run."""
+    output = Path(cfg.output_jsonl_fpath)
+    summary = check_input(cfg.input_jsonl_fpath)
+    _log(f"Found {summary.rows} rows!")
+    tasks = summary.rows if cfg.limit is None else min(cfg.limit, summary.rows)
+    if cfg.num_shards > 1:
+        tasks = shard_task_count(tasks, cfg.num_shards, cfg.shard_index)
+        _log(f"Shard {cfg.shard_index} of {cfg.num_shards}: {tasks} tasks")
+    rollouts = tasks * cfg.num_repeats
+    if cfg.num_repeats > 1:
+        _log(f"Repeating rows (in a pattern of abc to aabbcc) from {tasks} to {rollouts}!")
+    _check_output(cfg, output)
+
+    tls = TlsFiles(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
+    async with GatewayClient(cfg.gateway, tls=tls, reconnect_timeout_s=cfg.reconnect_timeout_s) as client:
+        agents = await client.list_agents()
+        names = [a.name for a in agents]
+        if cfg.agent_name not in names:
+            raise UnknownAgentError(cfg.agent_name, cfg.gateway, names)
+        info = next(a for a in agents if a.name == cfg.agent_name)
+
+        existing: ExistingRows | None = None
+        if cfg.resume:
+            sources = resume_sources(output)
+            if sources:
+                existing = ExistingRows(sources)
+            else:
+                _log(f"warning: +resume=true but {output} does not exist yet; starting from the beginning")
+        else:
+            stamp = utc_stamp()
+            for path in (output, failures_path(output), manifest_path(output), *partial_paths(output)):
+                move_aside(path, stamp)
+
+        record = RunRecord(
+            config=cfg,
+            input_sha256=summary.sha256,
+            input_rows=summary.rows,
+            tasks=tasks,
+            rollouts=rollouts,
+            started_at=dt.datetime.now(dt.UTC),
+            endpoints=endpoints_of(cfg.gateway, info),
+        )
+        _log(f"Querying with {cfg.num_samples_in_parallel} concurrent requests")
+        await _run_rollouts(cfg, client, record, output, existing)
+
+    return _finish(cfg, record, output, command)
+
+
+def _finish(cfg: CollectConfig, record: RunRecord, output: Path, command: str | None) -> int:
+    print(json.dumps(record.means, indent=4), flush=True)
+    stages = ", ".join(f"{stage}: {n}" for stage, n in sorted(record.failures_by_stage.items()))
+    if record.interrupted:
+        _log(f"interrupted: {record.written} of {record.rollouts} rollouts written "
+             f"({record.succeeded} succeeded, {record.failed} failed{' — ' + stages if stages else ''}); "
+             f"the manifest is {manifest_path(output)}")
+        if command:
+            _log(f"resume with: {command}")
+        return 130
+    if record.failed:
+        fraction = record.failed / max(record.rollouts, 1)
+        _log(f"{record.failed} of {record.rollouts} rollouts failed ({stages}); "
+             f"their task groups are in {failures_path(output)}")
+        if command:
+            _log(f"re-run the failed ones with: {command}")
+        if fraction > cfg.max_failure_fraction:
+            return 1
+        _log(f"within +max_failure_fraction={cfg.max_failure_fraction:g}: exit 0")
+    return 0
+
+
+def _install_interrupt(task: asyncio.Task[None], record: RunRecord, writer: GroupWriter) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_sigint() -> None:
+        if record.interrupted:
+            # Second Ctrl-C: leave now. This runs on the loop, between callbacks, never inside a write; the
+            # writer's buffer is pushed out first (its flush is deferred to the end of a loop iteration).
+            writer.flush()
+            _log("interrupted again: exiting at once (complete groups are on disk)")
+            os._exit(130)
+        record.interrupted = True
+        _log("\ninterrupted: writing what is done (Ctrl-C again to exit at once)")
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests) or no signals here
+        pass
+
+
+def _remove_interrupt() -> None:
+    try:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+    except (NotImplementedError, RuntimeError, ValueError):
+        pass
+
+
+def _open_writer(cfg: CollectConfig, output: Path, resuming: bool, stamp: str) -> GroupWriter:
+    window = reorder_window(cfg.num_samples_in_parallel, cfg.num_repeats)
+    try:
+        if resuming:
+            suffix = f".resume-{stamp}-{os.getpid()}.partial"
+            return GroupWriter(Path(f"{output}{suffix}"), cfg.num_repeats, window,
+                               failures=Path(f"{failures_path(output)}{suffix}"))
+        return GroupWriter(output, cfg.num_repeats, window)
+    except OSError as exc:
+        raise OutputError(str(output), exc.strerror or str(exc)) from None
+
+
+def _commit_resume(writer: GroupWriter, output: Path, sources: list[Path]) -> None:
+    """Put the resumed files in place: new output and sidecar by rename, every older source removed."""
+    os.replace(writer.output, output)
+    side = failures_path(output)
+    if writer.has_failures:
+        os.replace(writer.failures, side)
+    for path in sources:
+        if path not in (output, side) or (path == side and not writer.has_failures):
+            path.unlink(missing_ok=True)
+
+
+async def _run_rollouts(cfg: CollectConfig, client: GatewayClient, record: RunRecord, output: Path,
+                        existing: ExistingRows | None) -> None:
+    writer = _open_writer(cfg, output, existing is not None, utc_stamp())
+    means = MeansAccumulator()
+    bar = tqdm(total=record.rollouts, desc="Collecting rollouts", file=sys.stderr, dynamic_ncols=True)
+    started = time.monotonic()
+
+    def on_result(spec: RolloutSpec, result: pb.RolloutResult) -> None:
+        built = build_row(spec, result, cfg.agent_name)
+        if built.ok:
+            record.succeeded += 1
+            means.add(built.added)
+            record.verifier_versions.add(built.row["_rollout"]["verifier_version"])
+        else:
+            record.failed += 1
+            stage = built.stage or "rollout"
+            record.failures_by_stage[stage] += 1
+            if record.failed <= _MAX_FAILURE_LINES:
+                err = built.row["error"]
+                bar.write(f"rollout {spec.rollout_id} (task {spec.task_index}, repeat {spec.repeat_index}) failed: "
+                          f"{err['stage']}/{err['kind']}: {err['message']}", file=sys.stderr)
+        writer.add(spec.seq, built.row, built.ok,
+                   len(result.response_json) + len(result.output_json) + len(result.verifier_fields_json))
+        bar.update(1)
+
+    async def admit(spec: RolloutSpec) -> bool:
+        await writer.wait_for_room(spec.seq)
+        row = existing.take(spec) if existing is not None else None
+        if row is None:
+            return True
+        # Reused: it counts towards the means like a fresh one (its added fields are those the task lacks).
+        record.succeeded += 1
+        record.reused += 1
+        means.add({k: v for k, v in row.items() if k not in spec.row and k not in RESERVED_KEYS})
+        version = row["_rollout"].get("verifier_version")
+        if isinstance(version, str):
+            record.verifier_versions.add(version)
+        writer.add(spec.seq, row, True)
+        bar.update(1)
+        return False
+
+    specs = iter_specs(
+        cfg.input_jsonl_fpath,
+        agent=cfg.agent_name,
+        overrides=cfg.responses_create_params,
+        num_repeats=cfg.num_repeats,
+        limit=cfg.limit,
+        num_shards=cfg.num_shards,
+        shard_index=cfg.shard_index,
+    )
+    task = asyncio.create_task(client.collect(
+        specs,
+        agent=cfg.agent_name,
+        deadline_s=cfg.deadline_s,
+        max_in_flight=cfg.num_samples_in_parallel,
+        on_result=on_result,
+        admit=admit,
+    ))
+    _install_interrupt(task, record, writer)
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not record.interrupted:
+            raise
+    finally:
+        _remove_interrupt()
+        bar.close()
+        complete = not record.interrupted and task.done() and not task.cancelled() and task.exception() is None
+        writer.close(sync=existing is not None and complete)
+        if existing is not None:
+            warn_about(existing)
+            if complete:
+                _commit_resume(writer, output, existing.sources)
+            elif record.interrupted:
+                _log(f"the resumed rows so far are in {writer.output}; the next +resume=true picks them up")
+        record.written = writer.written
+        record.reconnects = client.reconnects
+        record.duplicates_dropped = client.duplicates_dropped
+        record.wall_s = time.monotonic() - started
+        record.finished_at = dt.datetime.now(dt.UTC)
+        record.means = means.means()
+        write_manifest(manifest_path(output), record)

@@ -1,0 +1,104 @@
+"""``<output>.manifest.json``: what a run was asked to do and what it did, written beside the output.
+
+It holds the config, the input's path and sha256, counts, failures by stage, timings and throughput, the means,
+the verifier versions seen, and the gateway, model and verifier endpoints. No secrets: the collector config holds
+none (the token comes from the environment), and user:password parts of URLs are removed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from rollgate.collector.run._config import CollectConfig
+from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
+
+__all__ = ["RunRecord", "endpoints_of", "write_manifest"]
+
+
+def _public_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def endpoints_of(gateway: str, agent: pb.AgentInfo) -> dict[str, Any]:
+    """Where the rollouts went, as the gateway reports the agent's route (no credentials)."""
+    return {
+        "gateway": [part.strip() for part in gateway.split(",") if part.strip()],
+        "model": agent.model or None,
+        "model_base_urls": [_public_url(u) for u in agent.model_base_urls],
+        "verifier_url": _public_url(agent.verifier_url) if agent.verifier_url else None,
+    }
+
+
+def _iso(ts: dt.datetime) -> str:
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class RunRecord:
+    config: CollectConfig
+    input_sha256: str
+    input_rows: int
+    tasks: int
+    rollouts: int
+    started_at: dt.datetime
+    succeeded: int = 0
+    failed: int = 0
+    failures_by_stage: Counter[str] = field(default_factory=Counter)
+    verifier_versions: set[str] = field(default_factory=set)
+    means: dict[str, float] = field(default_factory=dict)
+    finished_at: dt.datetime | None = None
+    wall_s: float = 0.0
+    interrupted: bool = False
+    endpoints: dict[str, Any] = field(default_factory=dict)
+    reused: int = 0  # rows a resume kept from the previous output (counted in succeeded)
+    written: int = 0  # rollouts accounted for in the output or the sidecar (complete groups)
+    reconnects: int = 0
+    duplicates_dropped: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        throughput = (self.succeeded + self.failed) / self.wall_s if self.wall_s > 0 else None
+        output = self.config.output_jsonl_fpath
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "input": {"path": self.config.input_jsonl_fpath, "sha256": self.input_sha256, "rows": self.input_rows},
+            "output": {"path": output, "failures_path": f"{output}.failures"},
+            "gateway": {"address": self.config.gateway},
+            "endpoints": self.endpoints,
+            "counts": {
+                "tasks": self.tasks,
+                "rollouts": self.rollouts,
+                "succeeded": self.succeeded,
+                "failed": self.failed,
+            },
+            "resumed_rows": self.reused,
+            "written": self.written,
+            "reconnects": self.reconnects,
+            "duplicates_dropped": self.duplicates_dropped,
+            "failures_by_stage": dict(sorted(self.failures_by_stage.items())),
+            "means": self.means,
+            "verifier_versions": sorted(self.verifier_versions),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at) if self.finished_at else None,
+            "wall_s": round(self.wall_s, 3),
+            "throughput_rollouts_per_s": round(throughput, 3) if throughput is not None else None,
+            "interrupted": self.interrupted,
+        }
+
+
+def write_manifest(path: Path, record: RunRecord) -> None:
+    # temp file + rename: a reader never sees half a manifest.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record.to_json(), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,133 @@
+"""Resume: reuse the rollouts a previous (killed, interrupted or partly failed) run already wrote.
+
+Sources, each a JSONL file in input order: the output itself, its ``.failures`` sidecar, and the ``*.partial``
+files a killed resume left behind. Each is read lazily; a torn last line (no final newline: the process died in
+the middle of a write) and any unreadable line are skipped, so they are re-run rather than trusted.
+
+``ExistingRows.take(spec)`` walks all sources in step with the specs (both in (task, repeat) order, like a merge
+join), so memory does not grow with the output: a row is reused only when its rollout id equals the spec's — a
+changed task, parameter or agent gives a new id and the rollout runs again. Sidecar rows marked ``failed`` are
+never reused; those marked ``completed`` are (their group now gets a chance to be complete).
+
+    existing = ExistingRows(resume_sources(output))
+    row = existing.take(spec)      # the stored row, or None when the rollout must run
+"""
+
+from __future__ import annotations
+
+import glob
+import heapq
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rollgate.collector._json import loads
+from rollgate.collector._outputs import failures_path
+from rollgate.collector.run._tasks import RolloutSpec
+
+__all__ = ["ExistingRows", "partial_paths", "read_complete_lines", "resume_sources", "warn_about"]
+
+_Key = tuple[int, int]
+
+
+@dataclass
+class SourceStats:
+    torn: int = 0
+    unreadable: int = 0
+
+
+def read_complete_lines(path: Path, stats: SourceStats) -> Iterator[dict[str, Any]]:
+    """Every complete JSON-object line of ``path``; a final line without ``\\n`` is torn and skipped."""
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                stats.torn += 1
+                return
+            if not raw.strip():
+                continue
+            try:
+                row = loads(raw)
+            except ValueError:
+                stats.unreadable += 1
+                continue
+            if isinstance(row, dict):
+                yield row
+            else:
+                stats.unreadable += 1
+
+
+def partial_paths(output: Path) -> list[Path]:
+    """Leftovers of resumes that were killed before their final rename."""
+    found: list[Path] = []
+    for base in (output, failures_path(output)):
+        found += sorted(Path(p) for p in glob.glob(glob.escape(str(base)) + ".resume-*.partial"))
+    return found
+
+
+def resume_sources(output: Path) -> list[Path]:
+    return [p for p in (output, failures_path(output), *partial_paths(output)) if p.exists()]
+
+
+def _keyed(path: Path, stats: SourceStats) -> Iterator[tuple[_Key, int, dict[str, Any]]]:
+    order = 0
+    for row in read_complete_lines(path, stats):
+        meta = row.get("_rollout")
+        if not isinstance(meta, dict) or not isinstance(meta.get("id"), str):
+            stats.unreadable += 1
+            continue
+        if meta.get("status") == "failed" or "error" in row:
+            continue
+        try:
+            key = (int(meta["task_index"]), int(meta["repeat_index"]))
+        except (KeyError, TypeError, ValueError):
+            stats.unreadable += 1
+            continue
+        order += 1
+        yield key, order, row
+
+
+class ExistingRows:
+    """A merge join of the stored rows against the specs, in (task, repeat) order."""
+
+    def __init__(self, sources: list[Path]) -> None:
+        self.sources = sources
+        self.stats = SourceStats()
+        self._rows = heapq.merge(*(_keyed(p, self.stats) for p in sources), key=lambda item: item[0])
+        self._head: tuple[_Key, int, dict[str, Any]] | None = next(self._rows, None)
+        self.reused = 0
+        self.stale = 0  # rows at a spec's position whose id differs (the config changed): re-run
+
+    def take(self, spec: RolloutSpec) -> dict[str, Any] | None:
+        want = (spec.task_index, spec.repeat_index)
+        found: dict[str, Any] | None = None
+        while self._head is not None and self._head[0] <= want:
+            key, _, row = self._head
+            self._head = next(self._rows, None)
+            if key < want:
+                continue  # a task outside this run (another shard, a smaller limit): not ours to write
+            if found is None and row["_rollout"]["id"] == spec.rollout_id:
+                found = row
+            elif found is None:
+                self.stale += 1
+        if found is None:
+            return None
+        self.reused += 1
+        meta = dict(found["_rollout"])
+        meta.pop("status", None)  # a sidecar's completed/failed mark does not belong in the main file
+        return {**found, "_rollout": meta}
+
+
+def warn_about(existing: ExistingRows) -> None:
+    stats = existing.stats
+    if stats.torn:
+        print(f"warning: repaired {stats.torn} torn last line(s) (the previous run was killed mid-write); "
+              "those rollouts run again", file=sys.stderr, flush=True)
+    if stats.unreadable:
+        print(f"warning: skipped {stats.unreadable} unreadable line(s) in the previous output; those rollouts "
+              "run again", file=sys.stderr, flush=True)
