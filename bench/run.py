@@ -135,8 +135,9 @@ def _write(results: list[dict[str, Any]], command: str) -> None:
     lines = [
         "## Pipeline: throughput, latency, CPU, memory",
         "",
-        f"Produced by `{command}`" + (" (other rows: the last run of each scenario, kept in bench/results.json)"
-                                      if "--only" in command else "") + f" on {time.strftime('%Y-%m-%d')} ({platform.machine()}, "
+        f"Produced by `{command}`"
+        + (" (other rows: the last run of each scenario, kept in bench/results.json)" if "--only" in command else "")
+        + f" on {time.strftime('%Y-%m-%d')} ({platform.machine()}, "
         f"{platform.python_version()}, 2 cores shared by all processes). Medians over the repeats shown.",
         "All four processes (fake model, verifier, gateway, collector) run on this one box.",
         "",
@@ -150,7 +151,8 @@ def _write(results: list[dict[str, Any]], command: str) -> None:
         c, m = r["cpu_s_per_1k"], r["peak_rss_mb"]
         lines.append(
             f"| {r['name']} | {r['latency_ms']} ms {r.get('dist', 'fixed')} | {r['parallel']} | {r['rollouts']:.0f} | "
-            f"{r['rollouts_per_s']:.0f} | {_hiding(r, results)} | {r.get('startup_s', float('nan')):.2f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['cpu_ms_per_rollout_total']:.2f} | "
+            f"{r['rollouts_per_s']:.0f} | {_hiding(r, results)} | {r.get('startup_s', float('nan')):.2f} | "
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['cpu_ms_per_rollout_total']:.2f} | "
             f"{c['collector']:.2f} / {c['gateway']:.2f} / {c['verifier']:.2f} / {c['model']:.2f} | "
             f"{m['collector']:.0f} / {m['gateway']:.0f} / {m['verifier']:.0f} |"
         )

@@ -129,7 +129,8 @@ def running_stack(*, latency_ms: float = 0.0, model_args: list[str] | None = Non
                 "max_steps": 8,
             }}}
             (work / "gateway.yaml").write_text(yaml.safe_dump(config))
-            gw, g_ready = start("-m", "rollgate.gateway", "serve", "--config", str(work / "gateway.yaml"), "--port", "0")
+            gw, g_ready = start("-m", "rollgate.gateway", "serve", "--config", str(work / "gateway.yaml"),
+                                "--port", "0")
             yield Stack(
                 gateway=str(g_ready["address"]),
                 model=Watched("model", psutil.Process(model.pid)),

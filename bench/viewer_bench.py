@@ -84,7 +84,8 @@ def measure(path: Path) -> dict[str, object]:
             proc.stdout.close()
     return {
         "rows": summary["rows"], "malformed": summary["malformed"], "failed": summary["failed"],
-        "ready_s": round(t_ready, 2), "open_s": round(t_open, 2), "open_cpu_s": round(cpu_open, 2), "rss_open_mb": round(rss_open / 1e6, 1),
+        "ready_s": round(t_ready, 2), "open_s": round(t_open, 2), "open_cpu_s": round(cpu_open, 2),
+        "rss_open_mb": round(rss_open / 1e6, 1),
         "search_s": round(t_search, 2), "search_hits": found, "task_table_s": round(t_tasks, 2),
         "rss_after_mb": round(rss_after / 1e6, 1), "exit_status": proc.returncode, "load_avg_1m": round(load, 2),
     }
@@ -95,7 +96,8 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--file", type=Path, default=Path("/tmp/viewer_bench.jsonl"))
     ap.add_argument("--regenerate", action="store_true")
-    ap.add_argument("--repeat", type=int, default=3, help="launches to measure (the machine is shared: report the median)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="launches to measure (the machine is shared: report the median)")
     args = ap.parse_args()
     if args.regenerate or not args.file.exists():
         t = time.perf_counter()

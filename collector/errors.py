@@ -29,7 +29,14 @@ __all__ = [
 
 
 class CollectorError(Exception):
-    """Base class; ``exit_status`` is what the command exits with after printing ``error: <message>``."""
+    """Base class; ``exit_status`` is what the command exits with after printing ``error: <message>``.
+
+        try:
+            status = asyncio.run(collect(cfg))
+        except CollectorError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = exc.exit_status
+    """
 
     exit_status = 1
 

@@ -26,7 +26,8 @@ __all__ = ["AdminServicer", "route_json"]
 def route_json(core: GatewayCore, agent: str) -> bytes:
     cfg = core.config.agents.get(agent)
     if cfg is None:
-        raise UnknownAgentError(f"unknown agent {agent!r}; this gateway serves: {', '.join(sorted(core.config.agents))}",
+        served = ", ".join(sorted(core.config.agents))
+        raise UnknownAgentError(f"unknown agent {agent!r}; this gateway serves: {served}",
                                 kind="unknown_agent", attempts=0)
     return orjson.dumps(cfg.model_dump(mode="json"))
 

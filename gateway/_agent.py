@@ -111,6 +111,10 @@ class GatewayCore:
 
     Routing is hot-swappable (``apply_config``, ``set_route``): each rollout takes the current route when it
     starts and keeps it to the end. ``begin_drain`` stops new work for a graceful shutdown.
+
+        async with GatewayCore(load_config("agents.yaml")) as core:
+            outcome = await core.run_rollout(RolloutRequest.from_dicts("r1", "my_agent", task))
+            await core.set_route("my_agent", {"model": {"name": "other-model"}})
     """
 
     def __init__(self, config: GatewayConfig, *, metrics: GatewayMetrics | None = None) -> None:
@@ -176,7 +180,8 @@ class GatewayCore:
         """Replace fields of one agent's config (nested keys merged); the new config is validated as a whole."""
         current = self._config.agents.get(agent)
         if current is None:
-            raise UnknownAgentError(f"unknown agent {agent!r}; this gateway serves: {', '.join(sorted(self._config.agents))}",
+            served = ", ".join(sorted(self._config.agents))
+            raise UnknownAgentError(f"unknown agent {agent!r}; this gateway serves: {served}",
                                     kind="unknown_agent", attempts=0)
         merged = _deep_merge(current.model_dump(), patch)
         data = self._config.model_dump()
@@ -370,7 +375,7 @@ class GatewayCore:
                 out.timings.tool_s += time.perf_counter() - t0
             out.output.extend(
                 {"type": "function_call_output", "call_id": c.get("call_id"), "output": r}
-                for c, r in zip(calls, results)
+                for c, r in zip(calls, results, strict=True)
             )
             response = await self._call_model(route, {**params, "input": conversation + out.output}, run)
 

@@ -27,7 +27,11 @@ class _Strict(BaseModel):
 
 
 class ModelEndpoint(_Strict):
-    """Where an agent's model lives and how to talk to it."""
+    """Where an agent's model lives and how to talk to it.
+
+        model = ModelEndpoint(base_urls=["http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1"],
+                              name="Qwen/Qwen3-8B", api="chat_completions")
+    """
 
     base_urls: list[str] = Field(min_length=1)
     """OpenAI-style base URLs including ``/v1``; several are replicas, used in turn."""
@@ -46,7 +50,10 @@ class ModelEndpoint(_Strict):
 
 
 class Timeouts(_Strict):
-    """Per-call timeouts and the whole-rollout deadline, in seconds."""
+    """Per-call timeouts and the whole-rollout deadline, in seconds.
+
+        timeouts = Timeouts(model_s=120, rollout_s=600)  # tool_s and verify_s keep their 60 s defaults
+    """
 
     model_s: float = Field(default=600.0, gt=0)
     """One model call (one attempt)."""
@@ -59,7 +66,10 @@ class Timeouts(_Strict):
 
 
 class RetryConfig(_Strict):
-    """Retry budget for transient failures (connection errors, timeouts, 408, 429, 5xx)."""
+    """Retry budget for transient failures (connection errors, timeouts, 408, 429, 5xx).
+
+        retries = RetryConfig(attempts=5, initial_wait_s=1.0)  # waits 1, 2, 4, 8 s (+ jitter), capped at 10 s
+    """
 
     attempts: int = Field(default=3, ge=1, le=100)
     """Calls made at most per step, the first included (1 = no retry)."""
@@ -74,7 +84,11 @@ class RetryConfig(_Strict):
 
 
 class AgentConfig(_Strict):
-    """One agent: a model, a verifier/resources server, and how the rollout loop runs."""
+    """One agent: a model, a verifier/resources server, and how the rollout loop runs.
+
+        agent = AgentConfig(model=ModelEndpoint(base_urls=["http://127.0.0.1:8000/v1"], name="my-model"),
+                            verifier_url="http://127.0.0.1:9000", max_steps=8, timeouts=Timeouts(model_s=120))
+    """
 
     kind: Literal["single_turn", "tool_calling"] = "tool_calling"
     """``single_turn``: one model call (function calls recorded, not run); ``tool_calling``: the tool loop."""
@@ -95,7 +109,11 @@ class AgentConfig(_Strict):
 
 
 class GatewayConfig(_Strict):
-    """Everything a gateway serves: agents by name."""
+    """Everything a gateway serves: agents by name.
+
+        cfg = load_config("agents.yaml")  # or a directory of them; raises ConfigError naming the bad key
+        cfg = GatewayConfig(agents={"my_agent": agent})
+    """
 
     agents: dict[str, AgentConfig] = Field(min_length=1)
     """Agent name -> its config."""

@@ -65,10 +65,11 @@ def _content(content: Any) -> Any:
 
 def _tool_call(item: dict[str, Any]) -> dict[str, Any]:
     args = item.get("arguments", "{}")
+    arguments = args if isinstance(args, str) else orjson.dumps(args).decode()
     return {
         "id": item.get("call_id") or item.get("id"),
         "type": "function",
-        "function": {"name": item.get("name"), "arguments": args if isinstance(args, str) else orjson.dumps(args).decode()},
+        "function": {"name": item.get("name"), "arguments": arguments},
     }
 
 

@@ -3,10 +3,10 @@
 Callers decide what a status means (a 404 is fine for ``/close_session``, a tool's 500 is the model's problem),
 so ``post`` returns every HTTP answer and raises only when there is no answer: ``connection`` or ``timeout``.
 
-``HttpClient`` sends plain ``http://`` URLs through the small keep-alive client in ``_http1_client`` (the hot path: model
-servers and verifiers inside a cluster) and ``https://`` ones through aiohttp (TLS, e.g. a hosted OpenAI
-endpoint). ``ROLLGATE_HTTP_CLIENT=aiohttp`` sends everything through aiohttp, should a server and ``_http1_client``
-ever disagree.
+``HttpClient`` sends plain ``http://`` URLs through the small keep-alive client in ``_http1_client`` (the hot
+path: model servers and verifiers inside a cluster) and ``https://`` ones through aiohttp (TLS, e.g. a hosted
+OpenAI endpoint). ``ROLLGATE_HTTP_CLIENT=aiohttp`` sends everything through aiohttp, should a server and
+``_http1_client`` ever disagree.
 """
 
 from __future__ import annotations

@@ -6,10 +6,11 @@ proxies, cookie jars, multipart, tracing, streaming bodies). This client does on
 JSON body on a pooled connection and read one whole answer, parsed by ``httptools`` (llhttp, the parser
 uvicorn uses). ``https://`` URLs keep going through aiohttp (see ``_http.HttpClient``).
 
-What it handles: Content-Length, chunked and close-delimited bodies; ``user:password@`` in the URL (Basic auth); ``gzip``/``deflate`` bodies (it asks for
-none, but a server may send them); ``Connection: close``; IPv6 literals; servers that drop idle connections
-(a connection idle for longer than ``IDLE_S`` is not reused, below the 5 s keep-alive of uvicorn — and so
-vLLM and SGLang — so a request is not written into a socket the server is closing).
+What it handles: Content-Length, chunked and close-delimited bodies; ``user:password@`` in the URL (Basic auth);
+``gzip``/``deflate`` bodies (it asks for none, but a server may send them); ``Connection: close``; IPv6
+literals; servers that drop idle connections (a connection idle for longer than ``IDLE_S`` is not reused, below
+the 5 s keep-alive of uvicorn — and so vLLM and SGLang — so a request is not written into a socket the server
+is closing).
 
 Errors are ``H1Error`` with ``sent``: False only when the request provably never left (the connection could not
 be made), so a caller knows whether a non-idempotent call may be resent.

@@ -5,7 +5,8 @@ config (``unknown`` for a request naming none), the DESIGN stage/kind vocabulary
 retry causes, token directions, and backend URLs from the config. Never a rollout or task id.
 
     metrics = GatewayMetrics(registry=CollectorRegistry())
-    metrics.rollout_done("my_agent", outcome)
+    metrics.rollout_started(token, "my_agent")
+    metrics.rollout_done(token, "my_agent", outcome)
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ def safe_url(url: str) -> str:
 
 
 class GatewayMetrics:
-    """Every series the gateway exports; ``registry=None`` makes a private registry."""
+    """Every series the gateway exports; ``registry=None`` makes a private registry.
+
+        metrics = GatewayMetrics(registry=CollectorRegistry())
+        async with GatewayCore(cfg, metrics=metrics) as core: ...
+        metrics.exposition()  # Prometheus text format, as /metrics serves it
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()

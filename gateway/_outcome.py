@@ -16,7 +16,11 @@ __all__ = ["RolloutErrorInfo", "RolloutOutcome", "RolloutRequest", "Timings"]
 
 @dataclass(slots=True)
 class RolloutRequest:
-    """One rollout to run; task and params as JSON bytes, exactly as they arrive on the wire."""
+    """One rollout to run; task and params as JSON bytes, exactly as they arrive on the wire.
+
+        task = {"responses_create_params": {"input": "What is 2 + 2?"}}
+        request = RolloutRequest.from_dicts("r1", "my_agent", task, deadline_s=600)
+    """
 
     rollout_id: str
     agent: str
@@ -36,7 +40,11 @@ class RolloutRequest:
 
 @dataclass(slots=True)
 class Timings:
-    """Seconds spent: model calls (retries included), tool phases (wall time), seed/verify/close, all of it."""
+    """Seconds spent: model calls (retries included), tool phases (wall time), seed/verify/close, all of it.
+
+        t = outcome.timings
+        overhead_s = t.total_s - t.model_s - t.tool_s - t.verify_s  # the gateway's own share
+    """
 
     model_s: float = 0.0
     tool_s: float = 0.0
@@ -46,7 +54,12 @@ class Timings:
 
 @dataclass(slots=True)
 class RolloutErrorInfo:
-    """Where (stage) and how (kind) a rollout failed."""
+    """Where (stage) and how (kind) a rollout failed.
+
+        err = outcome.error  # None when the rollout succeeded
+        if err is not None:
+            print(f"{err.stage}/{err.kind} after {err.attempts} attempt(s): {err.message}")
+    """
 
     stage: str
     kind: str
@@ -57,7 +70,12 @@ class RolloutErrorInfo:
 
 @dataclass(slots=True)
 class RolloutOutcome:
-    """The result of one rollout; ``error`` is None exactly when it succeeded."""
+    """The result of one rollout; ``error`` is None exactly when it succeeded.
+
+        outcome = await core.run_rollout(request)
+        if outcome.ok:
+            print(outcome.reward, outcome.verifier_version)
+    """
 
     rollout_id: str
     reward: float | None = None

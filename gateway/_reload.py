@@ -4,8 +4,8 @@ A directory is watched as a whole: a Kubernetes ConfigMap mount updates by swapp
 symlink, which changes no visible file's mtime, so any event in the directory triggers a reload, and a reload
 that yields the config already in force changes nothing. A single file is watched through its folder, but only
 events for that file (or the kubelet's ``..``-named entries beside it, or the file a symlink points to) reload:
-the folder may be a working directory where a collector writes rollouts many times a second. An invalid config is refused with its reason in the
-log (and ``rollgate_gateway_route_rejections_total``); the old routes stay.
+the folder may be a working directory where a collector writes rollouts many times a second. An invalid config
+is refused with its reason in the log (and ``rollgate_gateway_route_rejections_total``); the old routes stay.
 
     reloader = ConfigReloader(core, "/etc/rollgate/agents")
     await reloader.reload("sighup")

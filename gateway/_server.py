@@ -102,7 +102,11 @@ def _wrap_stream(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
 
 @dataclass(slots=True)
 class Security:
-    """Tokens and TLS files for the gRPC port (all optional)."""
+    """Tokens and TLS files for the gRPC port (all optional).
+
+        security = Security(token=os.environ["ROLLGATE_TOKEN"], tls_cert="tls.crt", tls_key="tls.key")
+        server, port = await create_server(cfg, "0.0.0.0:50051", security=security)
+    """
 
     token: str | None = None
     admin_token: str | None = None

@@ -138,7 +138,7 @@ class VerifyBatches:
                     item.future.set_exception(_copy(exc))
             return
         answers: list[Answer | None | RolloutFailure] = [ans] if alone else self._answers(ans, len(chunk))
-        for item, answer in zip(chunk, answers):
+        for item, answer in zip(chunk, answers, strict=True):
             if not item.future.done():  # a rollout cancelled meanwhile (its deadline) wants nothing
                 if isinstance(answer, RolloutFailure):
                     item.future.set_exception(answer)

@@ -34,15 +34,31 @@ __all__ = [
 
 
 class GatewayError(Exception):
-    """Base class of every exception the gateway raises on purpose."""
+    """Base class of every exception the gateway raises on purpose.
+
+        try:
+            server, port = await create_server(load_config("agents.yaml"), "0.0.0.0:50051")
+        except GatewayError as exc:
+            sys.exit(f"error: {exc}")
+    """
 
 
 class ConfigError(GatewayError):
-    """The gateway config cannot be used; the message names the file, the key and what to change."""
+    """The gateway config cannot be used; the message names the file, the key and what to change.
+
+        try:
+            cfg = load_config("agents.yaml")
+        except ConfigError as exc:
+            print(exc)  # each bad value on its own line: "agents.yaml: agents.a.max_steps: <what is wrong>"
+    """
 
 
 class RolloutFailure(GatewayError):
-    """One rollout failed at ``stage`` with ``kind``; ``attempts`` counts the calls made for the failing step."""
+    """One rollout failed at ``stage`` with ``kind``; ``attempts`` counts the calls made for the failing step.
+
+        exc = RolloutFailure("POST /verify: HTTP 503", kind="http_error", stage="verify", http_status=503)
+        exc.stage, exc.kind, exc.transient, exc.retry_cause  # ('verify', 'http_error', True, 'http_5xx')
+    """
 
     stage: str = "gateway"
 

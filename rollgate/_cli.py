@@ -167,7 +167,7 @@ def parse_cli(
     if any(arg in ("-h", "--help") for arg in argv):
         raise CliHelp(_help_text(model, positional))
     aliases = aliases or {}
-    valid = [name for name in model.model_fields]
+    valid = list(model.model_fields)
     open_dicts = _open_dict_fields(model)
     pairs, bare = _split(argv, _bool_fields(model))
     tree: dict[str, Any] = {}
@@ -182,7 +182,7 @@ def parse_cli(
     if len(bare) > len(positional):
         extra = bare[len(positional):]
         raise CliError(f"unexpected argument(s): {' '.join(extra)}; valid keys: {', '.join(sorted(valid))}")
-    for name, value in zip(positional, bare):
+    for name, value in zip(positional, bare, strict=False):  # fewer bare values than positional keys is fine
         tree[name] = value
     try:
         return model.model_validate(tree)

@@ -98,8 +98,9 @@ def test_fast_values_equal_omegaconf_on_a_generated_corpus() -> None:
               "y", "n", "null", "NULL", "nUll", "~", "my_agent", "/tmp/a.jsonl", "./a", "../a", "127.0.0.1:50051",
               "dns:///gw:50051", "1e5", "1.", ".5", "0.50", "-0.0", "e5", "inf", ".inf", "x", "/", "./"]
     corpus += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 7))) for _ in range(3000)]
-    corpus += [".".join(str(rng.choice([0, 1, 9, 10, 59, 60, 127, 255])) for _ in range(4)) + rng.choice(["", ":0", ":5",
-               ":59", ":60", ":50051"]) for _ in range(300)]
+    octets = [0, 1, 9, 10, 59, 60, 127, 255]
+    ports = ["", ":0", ":5", ":59", ":60", ":50051"]
+    corpus += [".".join(str(rng.choice(octets)) for _ in range(4)) + rng.choice(ports) for _ in range(300)]
     taken = 0
     for raw in corpus:
         fast = _fast_value(raw)

@@ -168,7 +168,7 @@ def test_no_import_cycles() -> None:
 
 
 def test_collector_top_level_stays_small() -> None:
-    top = [p for p in (ROOT / "collector").glob("*.py")]
+    top = list((ROOT / "collector").glob("*.py"))
     assert len(top) <= 10, sorted(p.name for p in top)
     assert {p.name for p in (ROOT / "collector").iterdir() if p.is_dir() and (p / "__init__.py").exists()} == {
         "run", "postprocess", "stack", "viewer"}

@@ -18,7 +18,9 @@ a rollout must seed a session first; a gateway that sees ``none`` skips seed and
 ``X-Rollgate-Verify-Batch: N`` (``/verify_batch`` takes up to N bodies). Errors are
 ``{"error": {"kind", "message"}}`` (kinds in ``verifier.errors``). Bodies are read as raw bytes and parsed with
 orjson: a pydantic-typed body costs about half as much CPU again per rollout. The per-rollout routes (verify,
-seed_session, close_session) are answered by a pure ASGI layer before FastAPI (``_fastpath.py``); the rest here.
+verify_batch, seed_session, close_session, a known tool) are answered by a pure ASGI layer before FastAPI
+(``_fastpath.py``); the rest here. Both faces read bodies, call tools, map errors and stamp headers with the same
+functions (``_wire.py``), so an answer does not depend on which face gave it.
 
     app = create_app("exact_match")        # or a LoadedVerifier, or a VerifierCore
 """
@@ -29,7 +31,6 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable
-from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -37,20 +38,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rollgate.verifier._core import VerifierCore
-from rollgate.verifier._fastpath import (
-    BATCH_HEADER,
-    SESSION_COOKIE,
-    SESSION_HEADER,
-    VERSION_HEADER,
-    FastPath,
-    error_body,
-    failure,
-    json_body,
-    parse_body,
-)
+from rollgate.verifier._fastpath import FastPath
 from rollgate.verifier._loader import LoadedVerifier, load_target
 from rollgate.verifier._metrics import VerifierMetrics
-from rollgate.verifier.errors import RequestTooLarge
+from rollgate.verifier._wire import (
+    SESSION_COOKIE,
+    Answer,
+    ClientGone,
+    error_answer,
+    error_body,
+    json_body,
+    read_object,
+    stamp,
+    tool_answer,
+)
 
 __all__ = ["SESSION_COOKIE", "create_app"]
 
@@ -83,11 +84,11 @@ class _BearerToken:
 
 
 class _VersionHeader:
-    """Pure ASGI middleware (BaseHTTPMiddleware would add a task per request) adding ``X-Verifier-Version`` and
-    ``X-Rollgate-Session`` to the answers that ``FastPath`` does not write itself.
+    """Pure ASGI middleware (BaseHTTPMiddleware would add a task per request) stamping the FastAPI routes' answers
+    (``X-Verifier-Version``, ``X-Rollgate-Session``, ``X-Rollgate-Verify-Batch``) as ``FastPath`` stamps its own.
 
-    The version is read per response, so a hot reload that swaps ``core.loaded`` shows at once; ``/verify`` sets the
-header itself to the version that scored it, so a request that straddles a reload is labelled truthfully.
+    The version is read per response, so a hot reload that swaps ``core.loaded`` shows at once. ``FastPath``
+    (``/verify`` labels its answer with the version that scored it) sits outside: its answers never come here.
     """
 
     def __init__(self, app: ASGIApp, core: VerifierCore) -> None:
@@ -101,47 +102,23 @@ header itself to the version that scored it, so a request that straddles a reloa
 
         async def send_with_version(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                # /verify sets the version that scored the request itself; other answers get the current one.
-                if not any(k == VERSION_HEADER for k, _ in headers):
-                    headers.append((VERSION_HEADER, self.core.version.encode("latin-1")))
-                headers.append((SESSION_HEADER, self.core.session_mode.encode("latin-1")))
-                headers.append(BATCH_HEADER)
+                headers = stamp(list(message.get("headers", ())), self.core.version, self.core.session_mode)
                 message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, receive, send_with_version)
 
 
-def _json(value: Any, status: int = 200) -> Response:
-    return Response(content=json_body(value), status_code=status, media_type="application/json")
-
-
 def _error(kind: str, message: str, status: int) -> Response:
     return Response(content=error_body(kind, message), status_code=status, media_type="application/json")
 
 
-async def _guarded(answer: Awaitable[Response]) -> tuple[Response, str]:
-    """Every route's errors become structured bodies here; nothing user-made reaches the client as a trace."""
-    try:
-        return await answer, "ok"
-    except Exception as exc:
-        status, kind, message = failure(exc)
-        return _error(kind, message, status), kind
-
-
-async def _read_object(request: Request, *, max_bytes: int, allow_empty: bool) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise RequestTooLarge(f"body of {declared} bytes is over the limit of {max_bytes} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:  # chunked bodies have no Content-Length to check up front
-            raise RequestTooLarge(f"body is over the limit of {max_bytes} bytes")
-        chunks.append(chunk)
-    return parse_body(b"".join(chunks), allow_empty=allow_empty)
+def _response(answer: Answer) -> Response:
+    """A route's ``Answer`` as a starlette ``Response``; ``_VersionHeader`` stamps it on the way out."""
+    status, body, headers, _, _ = answer
+    response = Response(content=body, status_code=status, media_type="application/json")
+    response.raw_headers.extend(headers)
+    return response
 
 
 def create_app(
@@ -173,20 +150,25 @@ def create_app(
         # without the token learns nothing about the verifier.
         app.add_middleware(_BearerToken, token=token)
 
-    async def guard(endpoint: str, answer: Awaitable[Response]) -> Response:
+    async def guard(endpoint: str, route: Awaitable[Answer]) -> Response:
+        """Every route's errors become structured bodies here (as in ``FastPath``); nothing user-made reaches the
+        client as a trace."""
         started = time.perf_counter()
-        response, outcome = await _guarded(answer)
+        outcome = "ok"
+        try:
+            answer = await route
+        except ClientGone:
+            return Response(status_code=499)  # nobody reads it; like FastPath, not counted in the metrics
+        except Exception as exc:
+            answer, outcome = error_answer(exc, core)
         metrics.observe(endpoint, outcome, time.perf_counter() - started)
-        return response
+        return _response(answer)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = f"{request.method} {request.url.path}: {exc.detail}"
         return _error(kind, message, exc.status_code)
-
-    async def read(request: Request, *, allow_empty: bool) -> dict[str, Any]:
-        return await _read_object(request, max_bytes=max_body_bytes, allow_empty=allow_empty)
 
     @app.get("/metrics")
     async def metrics_page() -> Response:
@@ -197,22 +179,21 @@ def create_app(
     @app.get("/healthz")
     @app.get("/readyz")
     async def healthz() -> Response:
-        return _json(core.health())
+        return Response(content=json_body(core.health()), media_type="application/json")
 
     @app.post("/aggregate_metrics")
     async def aggregate_metrics(request: Request) -> Response:
-        async def answer() -> Response:
-            return _json(await core.aggregate_metrics(await read(request, allow_empty=True)))
+        async def answer() -> Answer:
+            body = await read_object(request.scope, request.receive, max_bytes=max_body_bytes, allow_empty=True)
+            return 200, json_body(await core.aggregate_metrics(body)), [], core.version, core.session_mode
 
         return await guard("aggregate_metrics", answer())
 
     # Declared last: the fixed paths above take precedence over this catch-all.
     @app.post("/{tool_name}")
     async def call_tool(tool_name: str, request: Request) -> Response:
-        async def answer() -> Response:
-            args = await read(request, allow_empty=True)
-            return _json(await core.call_tool(tool_name, args, request.cookies.get(SESSION_COOKIE)))
-
-        return await guard("tool", answer())
+        # Only unknown tools reach this route (FastPath answers known ones), but through the same code.
+        return await guard("tool", tool_answer(core, tool_name, request.scope, request.receive,
+                                               max_bytes=max_body_bytes))
 
     return app

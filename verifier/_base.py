@@ -37,7 +37,15 @@ TOOL_MARK = "__rollgate_tool__"
 
 @dataclass
 class Session:
-    """One rollout's session: its id (the cookie value) and free-form ``state`` for the user's code."""
+    """One rollout's session: its id (the cookie value) and free-form ``state`` for the user's code.
+
+    Any handler with a parameter named ``session`` gets the rollout's own:
+
+        @tool
+        def add(self, session: Session, k: int) -> int:
+            session.state["n"] = session.state.get("n", 0) + k
+            return session.state["n"]
+    """
 
     id: str
     state: dict[str, Any] = field(default_factory=dict)
@@ -66,7 +74,15 @@ def tool(fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F]
 
 
 class ResourcesServer:
-    """Base class for a stateful verifier with tools; see the module docstring for an example.
+    """Base class for a stateful verifier with tools (a longer example is in the module docstring).
+
+        class Echo(ResourcesServer):
+            @tool
+            def echo(self, text: str) -> str:                   # POST /echo {"text": "hi"} answers "hi"
+                return text
+
+            def verify(self, task: dict[str, Any], response: dict[str, Any]) -> float:
+                return 1.0                                      # or {"reward": 1.0, "any_metric": ...}
 
     Override ``verify`` (required); ``seed_session`` and ``close_session`` are optional hooks. A class attribute
     ``version`` declares the verifier version; without it the version is a hash of the source file(s).

@@ -18,9 +18,8 @@ from rollgate.verifier._base import Session
 def _is_async(fn: Callable[..., Any]) -> bool:
     if inspect.iscoroutinefunction(fn):
         return True
-    # A callable object with ``async def __call__`` is async too.
-    call = getattr(fn, "__call__", None)
-    return call is not None and inspect.iscoroutinefunction(call)
+    # A callable object with ``async def __call__`` is async too (looked up on the type, as a call does).
+    return inspect.iscoroutinefunction(type(fn).__call__)
 
 
 @dataclass(frozen=True)

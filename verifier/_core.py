@@ -67,7 +67,11 @@ def reward_fields(result: Any) -> dict[str, Any]:
 
 
 class VerifierCore:
-    """Serves one ``LoadedVerifier``: owns the sessions and calls the user's code."""
+    """Serves one ``LoadedVerifier``: owns the sessions and calls the user's code; no HTTP.
+
+        core = VerifierCore(load_target("exact_match"))
+        answer = await core.verify({"response": response, "expected_answer": "42"})  # the body plus "reward"
+    """
 
     def __init__(self, loaded: LoadedVerifier, *, max_sessions: int = 100_000) -> None:
         self.loaded = loaded

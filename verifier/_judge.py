@@ -83,7 +83,11 @@ def _as_output_text(content: Any) -> Any:
 
 @dataclass
 class LLMJudge:
-    """A verify function (async, callable) that scores with a judge model; see the module docstring."""
+    """A verify function (async, callable) that scores with a judge model; see the module docstring.
+
+        verify = LLMJudge(base_url="http://127.0.0.1:8000/v1", model="Qwen/Qwen3-8B")  # serve it as MODULE:verify
+        answer = await verify(task, response)  # {"reward": 0.8, "judge_score": 8.0, "judge_reasoning": "..."}
+    """
 
     base_url: str
     model: str

@@ -43,7 +43,11 @@ _TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 @dataclass(frozen=True)
 class LoadedVerifier:
-    """A target ready to serve: the handlers to call, its name and version, and the files it came from."""
+    """A target ready to serve: the handlers to call, its name and version, and the files it came from.
+
+        loaded = load_target("exact_match")  # or "my_verifier:verify"
+        loaded.version, loaded.needs_session  # ("exact_match@<rollgate's version>", False)
+    """
 
     spec: str
     name: str

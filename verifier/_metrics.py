@@ -1,8 +1,9 @@
 """Prometheus metrics of one verifier server, on a registry of its own (tests pass a fresh one).
 
 Besides requests and durations: the reward histogram, the loaded version (an info metric: one series, replaced on
-reload), reloads by outcome, and whether the last reload failed. Labels come from a small fixed set: ``endpoint`` is verify / seed_session / close_session / tool (never the tool
-name a client typed, which is unbounded) and ``outcome`` is ``ok`` or the error kind (a fixed vocabulary).
+reload), reloads by outcome, and whether the last reload failed. Labels come from a small fixed set: ``endpoint``
+is verify / verify_batch / seed_session / close_session / tool / aggregate_metrics (never the tool name a client
+typed, which is unbounded) and ``outcome`` is ``ok`` or the error kind (a fixed vocabulary).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ class VerifierMetrics:
             buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
             registry=self.registry,
         )
-        self.loaded = Info("rollgate_verifier_loaded", "The verifier being served: name and version.", registry=self.registry)
+        self.loaded = Info(
+            "rollgate_verifier_loaded", "The verifier being served: name and version.", registry=self.registry
+        )
         self.reloads = Counter(
             "rollgate_verifier_reloads_total", "Hot reloads, by outcome (ok or load_error).", ["outcome"],
             registry=self.registry,

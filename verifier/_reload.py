@@ -8,7 +8,7 @@ the next one runs the new code, and the new version shows in ``X-Verifier-Versio
 A broken edit (syntax error, import error, missing attribute, bad signature) keeps the old version serving; the
 error is logged and shown on ``/healthz`` (``status: load_error``, ``load_error: …``) until a good edit lands.
 
-    reloader = Reloader(core, registry_metrics)
+    reloader = Reloader(core, on_reload=lambda ok: print("reloaded" if ok else "load error"))
     task = asyncio.create_task(reloader.watch())      # cancelled at shutdown
     await reloader.reload()                           # what a change triggers; tests may call it directly
 """
@@ -39,7 +39,12 @@ def _is_source(change: watchfiles.Change, path: str) -> bool:
 
 
 class Reloader:
-    """Reloads ``core``'s target when its source files change; see the module docstring."""
+    """Reloads ``core``'s target when its source files change; see the module docstring.
+
+        reloader = Reloader(core)
+        watcher = asyncio.create_task(reloader.watch())  # cancel it at shutdown
+        await reloader.watching.wait()  # edits saved from now on are served
+    """
 
     def __init__(
         self,

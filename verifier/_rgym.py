@@ -38,7 +38,9 @@ def _rg() -> ModuleType:
 def reasoning_gym_verify(task: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
     metadata = task.get("metadata")
     if not isinstance(metadata, dict) or not isinstance(metadata.get("source_dataset"), str):
-        raise InvalidTask("reasoning_gym needs the task field 'metadata' with 'source_dataset' (as the tasks command writes)")
+        raise InvalidTask(
+            "reasoning_gym needs the task field 'metadata' with 'source_dataset' (as the tasks command writes)"
+        )
     rg = _rg()
     try:
         score_fn = rg.get_score_answer_fn(metadata["source_dataset"])

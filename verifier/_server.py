@@ -81,7 +81,11 @@ class _Server(uvicorn.Server):
 
 
 class RunningServer:
-    """A uvicorn server started by ``start_server``; ``stop()`` shuts it down gracefully."""
+    """A uvicorn server started by ``start_server``; ``stop()`` (or leaving ``async with``) shuts it down gracefully.
+
+        async with await start_server(create_app("exact_match"), "127.0.0.1", 0) as server:
+            print(server.url)  # http://127.0.0.1:<a free port>
+    """
 
     def __init__(self, server: uvicorn.Server, task: asyncio.Task[None], host: str, port: int) -> None:
         self._server = server

@@ -10,7 +10,8 @@
         ├── RequestTooLarge          413 too_large         the body is over the server's size limit
         ├── NotFound                 404 not_found         no such route
         ├── UnknownTool              404 unknown_tool      ``POST /<name>`` for a tool the server lacks
-        ├── InvalidTask              500 invalid_task      the task lacks what the verifier needs (user code may raise it)
+        ├── InvalidTask              500 invalid_task      the task lacks what the verifier needs (user code
+        │                                                  may raise it)
         ├── VerifyFailed             500 verify_exception  ``verify()`` raised; the type and message go to the client,
         │                                                  the stack trace only to the log
         ├── ToolFailed               500 tool_exception    a tool raised (same rule)
@@ -48,13 +49,24 @@ __all__ = [
 
 
 class VerifierError(Exception):
-    """Base of every error the verifier room raises."""
+    """Base of every error the verifier room raises.
+
+        try:
+            loaded = load_target(spec)
+        except VerifierError as exc:  # a VerifierLoadError here; a RequestError from a core call
+            print(f"error: {exc}")
+    """
 
 
 class VerifierLoadError(VerifierError):
     """The target (``module:attr`` or a built-in name) cannot become a verifier.
 
     ``spec`` is the target as given; the message says what is wrong and, where it can, how to fix it.
+
+        try:
+            load_target("no_such_module:verify")
+        except VerifierLoadError as exc:
+            print(exc.spec, exc)  # no_such_module:verify, then why it cannot load
     """
 
     def __init__(self, message: str, *, spec: str = "") -> None:
@@ -104,7 +116,11 @@ class UnknownTool(RequestError):
 
 
 class InvalidTask(RequestError):
-    """Raise it from ``verify()`` when the task lacks a field the verifier needs."""
+    """Raise it from ``verify()`` when the task lacks a field the verifier needs (answered as 500 invalid_task).
+
+        if "expected_answer" not in task:
+            raise InvalidTask("this verifier needs the task field 'expected_answer'")
+    """
 
     kind = "invalid_task"
     status = 500

@@ -92,6 +92,7 @@ def _compare(cfg: CompareConfig) -> int:
     return 0
 
 
-compare_main = command_entry(CompareConfig, "usage: rollgate compare BASELINE.jsonl CANDIDATE.jsonl [+metrics=[reward]] "
-                      "[+top=10]\n(means ± 95% confidence half-widths, normal approximation)", _compare,
-                      ["baseline_jsonl_fpath", "candidate_jsonl_fpath"])
+compare_main = command_entry(CompareConfig,
+                             "usage: rollgate compare BASELINE.jsonl CANDIDATE.jsonl [+metrics=[reward]] [+top=10]\n"
+                             "(means ± 95% confidence half-widths, normal approximation)", _compare,
+                             ["baseline_jsonl_fpath", "candidate_jsonl_fpath"])

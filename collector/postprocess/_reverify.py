@@ -90,7 +90,8 @@ def _check_rows(path: str) -> int:
     return sum(1 for _ in _rows(path))
 
 
-async def _post_verify(http: aiohttp.ClientSession, url: str, body: bytes, cfg: ReverifyConfig) -> tuple[dict[str, Any], str]:
+async def _post_verify(http: aiohttp.ClientSession, url: str, body: bytes,
+                       cfg: ReverifyConfig) -> tuple[dict[str, Any], str]:
     async for attempt in AsyncRetrying(
         stop=stop_after_attempt(cfg.attempts),
         wait=wait_exponential(multiplier=0.2, max=5) + wait_random(0, 0.1),
@@ -114,7 +115,8 @@ async def _post_verify(http: aiohttp.ClientSession, url: str, body: bytes, cfg: 
                 kind = str(err.get("kind")) if isinstance(err, dict) else "http_error"
                 message = str(err.get("message")) if isinstance(err, dict) else raw[:200].decode("utf-8", "replace")
                 # A verify() exception is deterministic: trying again scores nothing new.
-                if (status in (408, 429) or status >= 500) and not kind.endswith(("_exception", "invalid_reward", "invalid_task")):
+                deterministic = kind.endswith(("_exception", "invalid_reward", "invalid_task"))
+                if (status in (408, 429) or status >= 500) and not deterministic:
                     raise _Transient(f"HTTP {status}: {message}")
                 raise _RowFailed(kind, message, status)
             if not isinstance(data, dict):
@@ -135,7 +137,8 @@ def _rescored(row: dict[str, Any], data: dict[str, Any], body: dict[str, Any], v
     previous.update({k: row[k] for k in added if k in row and k != "reward"})
     out = {k: v for k, v in row.items() if k != PREVIOUS_KEY}
     # Reserved keys are never overwritten by a verifier field (DESIGN: rollouts out).
-    out.update({k: v for k, v in added.items() if k not in ("responses_create_params", "response", "output", "_rollout", "error")})
+    reserved = ("responses_create_params", "response", "output", "_rollout", "error")
+    out.update({k: v for k, v in added.items() if k not in reserved})
     out["_rollout"] = {**old_rollout, "verifier_version": version}
     out[PREVIOUS_KEY] = previous
     return out

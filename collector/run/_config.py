@@ -26,6 +26,13 @@ def _default_gateway() -> str:
 
 
 class CollectConfig(BaseModel):
+    """What one collection run does: which agent, tasks in, rollouts out, and how hard to push the gateway.
+
+        cfg = CollectConfig(agent_name="my_agent", input_jsonl_fpath="tasks.jsonl",
+                            output_jsonl_fpath="rollouts.jsonl", num_repeats=4)
+        status = asyncio.run(collect(cfg))  # the exit status
+    """
+
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     agent_name: str = Field(min_length=1)

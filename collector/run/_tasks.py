@@ -78,8 +78,7 @@ def _lines(path: str) -> Iterator[tuple[int, bytes]]:
     except OSError as exc:
         raise InputError(path, None, f"cannot read: {exc.strerror or exc}") from None
     with fh:
-        for lineno, raw in enumerate(fh, start=1):
-            yield lineno, raw
+        yield from enumerate(fh, start=1)
 
 
 def check_input(path: str) -> InputSummary:

@@ -46,7 +46,11 @@ def _sources(path: Path) -> list[Path]:
 
 @dataclass
 class Viewer:
-    """The open run (``a``) and, optionally, a second run over the same tasks (``b``)."""
+    """The open run (``a``) and, optionally, a second run over the same tasks (``b``).
+
+        viewer = Viewer.open(Path("rollouts.jsonl"), compare_with=Path("baseline.jsonl"))
+        app = create_app(viewer)  # a FastAPI app; serve it with uvicorn
+    """
 
     a: RolloutIndex
     b: RolloutIndex | None = None

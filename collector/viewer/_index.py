@@ -76,7 +76,12 @@ def _parse(line: bytes) -> Any:
 
 @dataclass
 class RolloutIndex:
-    """Columns of per-row facts, one entry per non-blank line over all sources, in file order."""
+    """Columns of per-row facts, one entry per non-blank line over all sources, in file order.
+
+        index = RolloutIndex.build([Path("rollouts.jsonl")])
+        len(index), index.reward[0]   # rows indexed, the first row's reward (NaN when it has none)
+        row = index.read_row(0)       # the parsed row, or a Malformed(path, line, error, raw)
+    """
 
     paths: list[Path]
     source: array[int] = field(default_factory=lambda: array("b"))
@@ -112,7 +117,7 @@ class RolloutIndex:
             if progress is not None:
                 base = done
 
-                def report(pos: int) -> None:
+                def report(pos: int, base: int = base) -> None:
                     progress(base + pos, total)
 
             index._scan(src, path, report, every_bytes)

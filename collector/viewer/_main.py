@@ -26,6 +26,12 @@ __all__ = ["ViewerConfig", "serve", "viewer_main"]
 
 
 class ViewerConfig(BaseModel):
+    """What ``ng_viewer`` opens and where it listens; built from ``+key=value`` arguments.
+
+        cfg = ViewerConfig(input_jsonl_fpath=Path("rollouts.jsonl"), port=0)
+        cfg = parse_cli(["rollouts.jsonl", "+port=0"], ViewerConfig, positional=("input_jsonl_fpath",))
+    """
+
     model_config = ConfigDict(extra="forbid")
 
     input_jsonl_fpath: Path

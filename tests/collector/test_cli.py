@@ -92,6 +92,7 @@ def test_all_matches_importable() -> None:
 
 def test_python_dash_m_collector_is_the_front_door() -> None:
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-m", "rollgate.collector", "--help"], cwd=root, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "rollgate.collector", "--help"], cwd=root, capture_output=True,
+                          text=True,
                           timeout=60)
     assert proc.returncode == 0 and "commands:" in proc.stdout

@@ -25,7 +25,8 @@ def test_console_script_output(tmp_path: Path) -> None:
         proc = subprocess.run(
             [str(SCRIPT), "+agent_name=my_agent", f"+input_jsonl_fpath={inp}", f"+output_jsonl_fpath={out}",
              "+responses_create_params.temperature=0.7", "+num_repeats=3", "+num_samples_in_parallel=10"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=60, env={**os.environ, "ROLLGATE_GATEWAY": gw.address, "PYTHONPATH": str(ROOT)},
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "ROLLGATE_GATEWAY": gw.address, "PYTHONPATH": str(ROOT)},
         )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()

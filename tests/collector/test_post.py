@@ -92,7 +92,7 @@ def test_stats_distribution_failures_and_pass_at_k(tmp_path: Path, capsys: pytes
     assert stats["failed"] == 1 and stats["failure_rate"] == pytest.approx(1 / 42)
     per_task = [(4, sum(r["reward"] >= 1.0 for r in rows[i:i + 4])) for i in range(0, 40, 4)]
     assert stats["pass@1"] == pytest.approx(sum(c / 4 for _, c in per_task) / 10)
-    assert set(k for k in stats if k.startswith("pass@")) == {"pass@1", "pass@2", "pass@4"}
+    assert {k for k in stats if k.startswith("pass@")} == {"pass@1", "pass@2", "pass@4"}
 
 
 def test_pass_at_k_is_unbiased() -> None:

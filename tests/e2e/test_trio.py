@@ -156,5 +156,6 @@ def test_up_reports_a_metrics_url_that_counts_the_rollouts(workdir: Path, gatewa
     with urllib.request.urlopen(url, timeout=10) as answer:
         text = answer.read().decode()
     ok = [line for line in text.splitlines()
-          if line.startswith("rollgate_gateway_rollouts_total") and 'agent="tool_agent"' in line and 'status="ok"' in line]
+          if line.startswith("rollgate_gateway_rollouts_total") and 'agent="tool_agent"' in line
+          and 'status="ok"' in line]
     assert ok and float(ok[0].split()[-1]) >= 3

@@ -206,5 +206,6 @@ def _check_training_prep(work: Path, log: str) -> None:
     # are the same, so the evaluation is reproducible.
     earlier = sorted(work.glob("eval_model_v1_results.jsonl.*.bak"))
     assert earlier, "re-run kept the first evaluation aside"
-    texts = [[r["output"][-1]["content"][0]["text"] for r in _rows(p)] for p in (earlier[0], work / "eval_model_v1_results.jsonl")]
+    texts = [[r["output"][-1]["content"][0]["text"] for r in _rows(p)]
+             for p in (earlier[0], work / "eval_model_v1_results.jsonl")]
     assert texts[0] == texts[1]

@@ -11,8 +11,9 @@ The answer is driven by the LAST user message (see docs/INTERNALS.md):
 - ``reason: TEXT``       include reasoning (chat: ``reasoning_content``; responses: a reasoning item)
 - ``choose: A|B|…``      answer one of the options: with a ``seed``, picked by a hash of (seed, message), so a
                          repeat with another seed may differ yet stays reproducible; without one, at random
-It counts the requests in flight (``in_flight``, peak ``max_in_flight``). Knob ``faults=[(status, rate, retry_after), …]`` injects error answers at random (``served`` counts every
-status answered). Token counts are word counts; a ``max_tokens``/``max_output_tokens`` below the answer's length cuts it
+It counts the requests in flight (``in_flight``, peak ``max_in_flight``). Knob
+``faults=[(status, rate, retry_after), …]`` injects error answers at random (``served`` counts every status answered).
+Token counts are word counts; a ``max_tokens``/``max_output_tokens`` below the answer's length cuts it
 (finish_reason ``length`` / status ``incomplete``).
 
     async with FakeModelServer(latency_s=0.01) as fake:

@@ -115,7 +115,8 @@ async def test_sigterm_drains_in_flight_rollouts_then_refuses_new_work(
         cfg = tmp_path / "gw.yaml"
         cfg.write_text(_YAML.format(model=model.base_url, verifier=fake_resources.url))
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "rollgate.gateway", "serve", "--config", str(cfg), "--port", "0", "--metrics-port", "0",
+            sys.executable, "-m", "rollgate.gateway", "serve", "--config", str(cfg), "--port", "0",
+            "--metrics-port", "0",
             "--grace-s", "20", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
             assert proc.stdout is not None
@@ -168,7 +169,8 @@ async def test_served_gateway_reloads_its_config_file_on_sighup(
         cfg = tmp_path / "gw.yaml"
         cfg.write_text(_YAML.format(model=model.base_url, verifier=fake_resources.url))
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "rollgate.gateway", "serve", "--config", str(cfg), "--port", "0", "--metrics-port", "0",
+            sys.executable, "-m", "rollgate.gateway", "serve", "--config", str(cfg), "--port", "0",
+            "--metrics-port", "0",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
             assert proc.stdout is not None

@@ -60,7 +60,8 @@ async def test_responses_api_on_backend_without_it_is_a_final_model_error(
     async with FakeModelServer(supports_responses=False) as fake:
         out = await _run(make_config(fake.base_url, fake_resources.url, api="responses"), task("say: x"))
     assert out.error is not None
-    assert (out.error.stage, out.error.kind, out.error.http_status, out.error.attempts) == ("model", "http_error", 404, 1)
+    error = out.error
+    assert (error.stage, error.kind, error.http_status, error.attempts) == ("model", "http_error", 404, 1)
 
 
 async def test_unknown_param_dropped_with_one_warning_per_agent(
@@ -81,7 +82,8 @@ async def test_model_400_is_final(fake_model: FakeModelServer, fake_resources: F
     cfg = make_config(fake_model.base_url, fake_resources.url)
     out = await _run(cfg, task("fail_seed: 5\nsay: x"), {"input": "fail_seed: 5\nsay: x", "seed": 5})
     assert out.error is not None and out.reward is None
-    assert (out.error.stage, out.error.kind, out.error.http_status, out.error.attempts) == ("model", "http_error", 400, 1)
+    error = out.error
+    assert (error.stage, error.kind, error.http_status, error.attempts) == ("model", "http_error", 400, 1)
     assert "seed rejected" in out.error.message
     assert fake_model.requests["/v1/chat/completions"] == 1
     assert fake_resources.requests["verify"] == 0
@@ -95,7 +97,8 @@ async def test_model_500_retried_then_failed(fake_resources: FakeResourcesServer
         out = await _run(make_config(fake.base_url, fake_resources.url), task("say: x"))
         assert fake.requests["/v1/chat/completions"] == 3
     assert out.error is not None
-    assert (out.error.stage, out.error.kind, out.error.http_status, out.error.attempts) == ("model", "http_error", 500, 3)
+    error = out.error
+    assert (error.stage, error.kind, error.http_status, error.attempts) == ("model", "http_error", 500, 3)
     assert out.attempts == 3
 
 

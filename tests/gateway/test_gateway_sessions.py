@@ -220,7 +220,8 @@ HEADERS = {"X-Rollgate-Session": "none", "X-Rollgate-Verify-Batch": "64"}
 
 
 async def test_a_server_that_claims_batches_but_lacks_the_route_gets_each_alone() -> None:
-    async with FakeModelServer(latency_s=0.05) as model, FakeResourcesServer(extra_headers=HEADERS, batch_status=404) as rs, \
+    async with FakeModelServer(latency_s=0.05) as model, \
+            FakeResourcesServer(extra_headers=HEADERS, batch_status=404) as rs, \
             GatewayCore(make_config(model.base_url, rs.url, kind="single_turn")) as core:
         await _rollouts(core, 1)
         outs = await _together(core, 10)

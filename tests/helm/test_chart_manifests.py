@@ -43,7 +43,8 @@ def _gpu_limits(docs: list[Manifest], resource: str = GPU) -> dict[str, Any]:
 def test_gpu_limits_exactly_on_the_vllm_servers(rendered: dict[str, list[Manifest]]) -> None:
     for scenario, docs in rendered.items():
         limits = _gpu_limits(docs)
-        vllm = [d for d in find(docs, "Deployment") if d["metadata"]["labels"].get("app.kubernetes.io/component") == "model"]
+        vllm = [d for d in find(docs, "Deployment")
+                if d["metadata"]["labels"].get("app.kubernetes.io/component") == "model"]
         if scenario == "gpu-vllm":
             # Two GPUs per replica, as the values ask, and tensor parallelism to match.
             assert limits == {f"Deployment/{name('model-default')}/vllm": 2}
@@ -148,7 +149,8 @@ def test_collector_job_shards_equal_num_shards(rendered: dict[str, list[Manifest
 
 @pytest.mark.parametrize("shards", [1, 3])
 def test_num_shards_drives_completions_and_the_merge_inputs(shards: int) -> None:
-    docs = render([ci_values("sharded-collector")], sets=[f"collector.numShards={shards}", "collector.parallelism=null"])
+    docs = render([ci_values("sharded-collector")],
+                  sets=[f"collector.numShards={shards}", "collector.parallelism=null"])
     job = one(docs, "Job", name("collect-rl-iter-0"))
     assert job["spec"]["completions"] == shards == job["spec"]["parallelism"]
     assert plus_args(job["spec"]["template"]["spec"]["containers"][0]["command"])["num_shards"] == str(shards)
@@ -166,7 +168,8 @@ def test_merge_job_waits_for_the_shard_job(rendered: dict[str, list[Manifest]]) 
     assert wait["command"][:3] == ["python", "/scripts/wait_for_job.py", shard_job]
     # It may read that one Job and nothing else.
     role = one(docs, "Role", name("merge-rl-iter-0"))
-    assert role["rules"] == [{"apiGroups": ["batch"], "resources": ["jobs"], "resourceNames": [shard_job], "verbs": ["get"]}]
+    assert role["rules"] == [
+        {"apiGroups": ["batch"], "resources": ["jobs"], "resourceNames": [shard_job], "verbs": ["get"]}]
     assert merge["serviceAccountName"] == name("merge-rl-iter-0")
 
 
@@ -233,7 +236,8 @@ def test_gateway_probes_and_ports_match_its_flags(rendered: dict[str, list[Manif
     for scenario, docs in rendered.items():
         c = one(docs, "Deployment", name("gateway"))["spec"]["template"]["spec"]["containers"][0]
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        assert ports == {"grpc": int(arg_after(c["command"], "--port")), "metrics": int(arg_after(c["command"], "--metrics-port"))}
+        assert ports == {"grpc": int(arg_after(c["command"], "--port")),
+                         "metrics": int(arg_after(c["command"], "--metrics-port"))}
         assert ports == {"grpc": 50051, "metrics": 9090}
         assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
         assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
@@ -249,7 +253,8 @@ def test_verifier_probes_and_ports_match_its_flags(rendered: dict[str, list[Mani
         if d["metadata"]["labels"]["app.kubernetes.io/component"] != "verifier":
             continue
         c = d["spec"]["template"]["spec"]["containers"][0]
-        assert c["ports"] == [{"name": "http", "containerPort": int(arg_after(c["command"], "--port")), "protocol": "TCP"}]
+        port = int(arg_after(c["command"], "--port"))
+        assert c["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
         assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
         assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
 
@@ -307,7 +312,7 @@ def test_network_policies_let_only_collectors_reach_gateways(rendered: dict[str,
     docs = rendered["sharded-collector"]
     policies = {p["metadata"]["name"]: p["spec"] for p in find(docs, "NetworkPolicy")}
     assert set(policies) == {name("gateway"), name("verifier"), name("model")}
-    pods = {w: spec for w, spec in pod_specs(docs)}
+    pods = dict(pod_specs(docs))
     labels = {
         w: d["spec"]["template"]["metadata"]["labels"]
         for d in docs
@@ -333,7 +338,8 @@ def test_network_policies_let_only_collectors_reach_gateways(rendered: dict[str,
     assert [_selects(p["podSelector"]["matchLabels"], gateway_labels) for p in rule["from"]] == [True]
     assert not _selects(rule["from"][0]["podSelector"]["matchLabels"], collector_labels)
 
-    model_labels = one(rendered["gpu-vllm"], "Deployment", name("model-default"))["spec"]["template"]["metadata"]["labels"]
+    model = one(rendered["gpu-vllm"], "Deployment", name("model-default"))
+    model_labels = model["spec"]["template"]["metadata"]["labels"]
     model = {p["metadata"]["name"]: p["spec"] for p in find(rendered["gpu-vllm"], "NetworkPolicy")}[name("model")]
     assert _selects(model["podSelector"]["matchLabels"], model_labels)
     gpu_gateway = one(rendered["gpu-vllm"], "Deployment", name("gateway"))["spec"]["template"]["metadata"]["labels"]
@@ -369,7 +375,8 @@ def test_tls_and_token_reach_gateway_and_collector(rendered: dict[str, list[Mani
     cc = job["containers"][0]
     args = plus_args(cc["command"])
     mount = next(m for m in cc["volumeMounts"] if m["name"] == "tls")["mountPath"]
-    assert (args["tls_ca"], args["tls_cert"], args["tls_key"]) == (f"{mount}/ca.crt", f"{mount}/tls.crt", f"{mount}/tls.key")
+    expected = (f"{mount}/ca.crt", f"{mount}/tls.crt", f"{mount}/tls.key")
+    assert (args["tls_ca"], args["tls_cert"], args["tls_key"]) == expected
     assert next(v for v in job["volumes"] if v["name"] == "tls")["secret"]["secretName"] == "rollgate-collector-tls"
     assert {e["name"] for e in cc["env"]} >= {"ROLLGATE_TOKEN"}
 

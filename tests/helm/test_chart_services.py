@@ -67,7 +67,8 @@ def test_gateway_serves_the_rendered_probes(rendered: dict[str, list[Manifest]],
     for file, text in one(docs, "ConfigMap", name("agents"))["data"].items():
         (agents_dir / file).write_text(text, encoding="utf-8")
     c = one(docs, "Deployment", name("gateway"))["spec"]["template"]["spec"]["containers"][0]
-    command = _local(c["command"], **{"--config": str(agents_dir), "--host": "127.0.0.1", "--port": "0", "--metrics-port": "0"})
+    command = _local(c["command"], **{"--config": str(agents_dir), "--host": "127.0.0.1", "--port": "0",
+                                      "--metrics-port": "0"})
     env = _env(ROLLGATE_TOKEN=token) if token else _env()
     with _running(command, env, tmp_path) as ready:
         base = ready["metrics_url"].removesuffix("/metrics")
@@ -77,7 +78,8 @@ def test_gateway_serves_the_rendered_probes(rendered: dict[str, list[Manifest]],
         assert _status(ready["metrics_url"]) == 200
 
 
-def test_verifier_from_a_configmap_serves_the_rendered_probes(rendered: dict[str, list[Manifest]], tmp_path: Path) -> None:
+def test_verifier_from_a_configmap_serves_the_rendered_probes(rendered: dict[str, list[Manifest]],
+                                                              tmp_path: Path) -> None:
     docs = rendered["cpu"]
     code_dir = tmp_path / "code"
     code_dir.mkdir()
@@ -102,9 +104,10 @@ def test_collector_job_arguments_parse_as_the_collector_reads_them(rendered: dic
         cfg = parse_cli(argv, CollectConfig, aliases=COLLECT_ALIASES)
         assert cfg.shard_index == 1
         assert cfg.resume is True
+    job = one(rendered["sharded-collector"], "Job", name("collect-rl-iter-0"))
     sharded = parse_cli(
-        [a.replace("$(JOB_COMPLETION_INDEX)", "7") for a in
-         one(rendered["sharded-collector"], "Job", name("collect-rl-iter-0"))["spec"]["template"]["spec"]["containers"][0]["command"][1:]],
+        [a.replace("$(JOB_COMPLETION_INDEX)", "7")
+         for a in job["spec"]["template"]["spec"]["containers"][0]["command"][1:]],
         CollectConfig, aliases=COLLECT_ALIASES,
     )
     assert (sharded.num_shards, sharded.num_repeats, sharded.limit) == (8, 4, None)

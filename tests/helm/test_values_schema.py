@@ -78,7 +78,8 @@ def _walk(value: Any, node: dict[str, Any], path: str, problems: list[str]) -> N
 
 def test_values_yaml_matches_its_schema() -> None:
     jsonschema.Draft7Validator.check_schema(SCHEMA)
-    errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in jsonschema.Draft7Validator(SCHEMA).iter_errors(VALUES)]
+    validator = jsonschema.Draft7Validator(SCHEMA)
+    errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(VALUES)]
     assert errors == []
 
 

@@ -60,5 +60,6 @@ async def serve() -> AsyncIterator[Callable[..., Awaitable[RunningServer]]]:
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     # unsafe=True: aiohttp's jar otherwise ignores cookies set by an IP address such as 127.0.0.1.
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20), cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+    timeout = aiohttp.ClientTimeout(total=20)
+    async with aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
         yield session

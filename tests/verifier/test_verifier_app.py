@@ -268,7 +268,9 @@ async def test_tools_errors(serve: Any, user_module: WriteModule) -> None:
         assert "txt" in answer["error"]["message"]
         status, answer = await _post(http, f"{server.url}/broken", {})
         assert status == 500
-        assert answer["error"] == {"kind": "tool_exception", "message": "tool 'broken' raised KeyError: 'no such record'"}
+        assert answer["error"] == {
+            "kind": "tool_exception", "message": "tool 'broken' raised KeyError: 'no such record'"
+        }
         # After close_session the cookie is gone, and so is the session.
         await _post(http, f"{server.url}/seed_session", {})
         await _post(http, f"{server.url}/close_session", {})

@@ -76,7 +76,8 @@ async def test_json_schema() -> None:
 
 
 async def test_missing_task_fields_are_invalid_task() -> None:
-    for target, task in [("math", {}), ("regex", {}), ("json_schema", {}), ("multiple_choice", {"expected_answer": "Z"})]:
+    cases = [("math", {}), ("regex", {}), ("json_schema", {}), ("multiple_choice", {"expected_answer": "Z"})]
+    for target, task in cases:
         with pytest.raises(InvalidTask):
             await _score(target, "x", **task)
 

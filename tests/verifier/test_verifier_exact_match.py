@@ -147,7 +147,8 @@ async def test_bodies_match_the_protocol_field_for_field(serve: Any, http: aioht
     # Every request field echoed unchanged, and every field NeMo Gym's server answered that we compute agrees.
     assert {k: ours[k] for k in nemo_request} == nemo_request
     assert set(nemo_verify) - set(ours) == {"mask_sample", "failure_kind", "failure_reason"}  # NeMo Gym's own extras
-    assert {k: ours[k] for k in ("reward", "extracted_answer")} == {k: nemo_verify[k] for k in ("reward", "extracted_answer")}
+    computed = ("reward", "extracted_answer")
+    assert {k: ours[k] for k in computed} == {k: nemo_verify[k] for k in computed}
 
     broken = {**nemo_request, "response": "not an object"}
     async with http.post(f"{server.url}/verify", json=broken) as resp:

@@ -133,7 +133,8 @@ async def test_compare_tab_shows_per_task_deltas(tmp_path: Path, chromium: str) 
             first = page.locator("#ctable tbody tr.row").first
             await expect(first.locator("td").first).to_have_text(str(biggest))  # largest change first
             sign = "+" if deltas[biggest] > 0 else ""
-            await expect(first.locator(".delta")).to_contain_text(sign + f"{deltas[biggest]:.3f}".rstrip("0").rstrip("."))
+            shown = sign + f"{deltas[biggest]:.3f}".rstrip("0").rstrip(".")
+            await expect(first.locator(".delta")).to_contain_text(shown)
             await first.click()
             await expect(page.locator("#cgroup .columns")).to_have_count(2)
             await expect(page.locator("#cgroup .column")).to_have_count(6)
