@@ -55,3 +55,18 @@ demo: $(VENV)/.installed-embedded
 
 clean:
 	rm -rf $(VENV) $(TOOLS) demo_out
+
+# The container image (docs/image.md). `make image` builds it under the name the chart runs by default
+# (ROLLGATE_IMAGE=name:tag to change it); `make image-test` builds it and runs the chart's gateway and verifiers
+# from it, with the chart's command and security context, and collects through them. Both install a Docker
+# engine from Debian's packages and bootstrap the base image from Debian's mirror when they must (root), and
+# stop what they started. IMAGE_BUILD_FLAGS=--no-cache for a cold build.
+.PHONY: image image-test
+ROLLGATE_IMAGE ?=
+IMAGE_BUILD_FLAGS ?=
+
+image:
+	IMAGE="$(ROLLGATE_IMAGE)" IMAGE_BUILD_FLAGS="$(IMAGE_BUILD_FLAGS)" bash scripts/image_build.sh
+
+image-test: $(VENV)/.installed-dev $(TOOLS)/bin/helm
+	PY="$(PY)" HELM="$(TOOLS)/bin/helm" IMAGE_BUILD_FLAGS="$(IMAGE_BUILD_FLAGS)" bash scripts/image_test.sh

@@ -27,12 +27,12 @@ from typing import Any
 from rollgate.verifier._text import final_answer, normalize
 from rollgate.verifier.errors import InvalidTask
 
-__all__ = ["BUILTINS", "Builtin"]
+__all__ = ["BUILTINS", "Builtin", "expected_values", "scored"]
 
 VerifyFn = Callable[[dict[str, Any], dict[str, Any]], Any]
 
 
-def _expected_values(task: dict[str, Any], name: str) -> list[str]:
+def expected_values(task: dict[str, Any], name: str) -> list[str]:
     if "expected_answer" not in task or task["expected_answer"] is None:
         raise InvalidTask(f"{name} needs the task field 'expected_answer' (the reference answer as text)")
     expected = task["expected_answer"]
@@ -44,21 +44,21 @@ def _expected_values(task: dict[str, Any], name: str) -> list[str]:
     return [str(v) for v in values]
 
 
-def _scored(reward: float, answer: str, **extra: Any) -> dict[str, Any]:
+def scored(reward: float, answer: str, **extra: Any) -> dict[str, Any]:
     return {"reward": reward, "accuracy": reward, "extracted_answer": answer, **extra}
 
 
 def exact_match(task: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
-    accepted = [normalize(v) for v in _expected_values(task, "exact_match")]
+    accepted = [normalize(v) for v in expected_values(task, "exact_match")]
     answer = final_answer(response)
-    return _scored(1.0 if normalize(answer) in accepted else 0.0, answer)
+    return scored(1.0 if normalize(answer) in accepted else 0.0, answer)
 
 
 def contains(task: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
-    wanted = [normalize(v) for v in _expected_values(task, "contains")]
+    wanted = [normalize(v) for v in expected_values(task, "contains")]
     answer = final_answer(response)
     folded = normalize(answer)
-    return _scored(1.0 if any(w and w in folded for w in wanted) else 0.0, answer)
+    return scored(1.0 if any(w and w in folded for w in wanted) else 0.0, answer)
 
 
 def regex(task: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
@@ -70,47 +70,7 @@ def regex(task: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
     except re.error as exc:
         raise InvalidTask(f"regex: 'pattern' {pattern!r} does not compile: {exc}") from None
     answer = final_answer(response)
-    return _scored(1.0 if compiled.search(answer) else 0.0, answer)
-
-
-_LETTERS = "ABCDEFGHIJ"
-# Most explicit first: a stated answer wins over a letter that merely appears.
-# Keywords in any case, the letter itself upper case ("the answer is a bit unclear" names no option).
-_MC_STATED = re.compile(
-    r"(?i:final\s+answer|answer|correct\s+(?:option|choice)|option|choice)\s*(?i:is)?\s*[:\-]?\s*"
-    r"[\(\[\*]*\s*([A-J])(?![\w'])"
-)
-_MC_ALONE = re.compile(r"^[\s\(\[\*]*([A-J])[\s\)\]\*\.:]*$", re.IGNORECASE)
-_MC_BRACKETED = re.compile(r"[\(\[]([A-J])[\)\]]|\*\*([A-J])\*\*")
-
-
-def _choice_letter(text: str, valid: str) -> str | None:
-    stated = [m.group(1).upper() for m in _MC_STATED.finditer(text)]
-    stated = [s for s in stated if s in valid]
-    if stated:
-        return stated[-1]
-    alone = _MC_ALONE.match(text)
-    if alone and alone.group(1).upper() in valid:
-        return alone.group(1).upper()
-    marked = [(m.group(1) or m.group(2)).upper() for m in _MC_BRACKETED.finditer(text)]
-    marked = [s for s in marked if s in valid]
-    return marked[-1] if marked else None
-
-
-def multiple_choice(task: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
-    expected = _expected_values(task, "multiple_choice")[0].strip()
-    options = task.get("options")
-    valid = _LETTERS
-    if isinstance(options, list) and options:
-        valid = _LETTERS[: len(options)]
-        texts = [normalize(str(o)) for o in options]
-        if len(expected) != 1 and normalize(expected) in texts:  # the answer given as the option's text
-            expected = valid[texts.index(normalize(expected))]
-    if len(expected) != 1 or expected.upper() not in valid:
-        raise InvalidTask(f"multiple_choice: 'expected_answer' must be one of the letters {valid}, got {expected!r}")
-    answer = final_answer(response)
-    letter = _choice_letter(answer, valid)
-    return _scored(1.0 if letter == expected.upper() else 0.0, letter or "", response_text=answer[-200:])
+    return scored(1.0 if compiled.search(answer) else 0.0, answer)
 
 
 @dataclass(frozen=True)
@@ -121,6 +81,12 @@ class Builtin:
     inline: bool
 
 
+def _load_multiple_choice() -> Callable[..., Any]:
+    from rollgate.verifier._choice import multiple_choice
+
+    return multiple_choice
+
+
 def _load_math() -> Callable[..., Any]:
     from rollgate.verifier._math import math_verify
 
@@ -128,7 +94,7 @@ def _load_math() -> Callable[..., Any]:
 
 
 def _load_json_schema() -> Callable[..., Any]:
-    from rollgate.verifier._math import json_schema
+    from rollgate.verifier._json_schema import json_schema
 
     return json_schema
 
@@ -149,7 +115,7 @@ BUILTINS: dict[str, Builtin] = {
     "exact_match": Builtin(lambda: exact_match, inline=True),
     "contains": Builtin(lambda: contains, inline=True),
     "regex": Builtin(lambda: regex, inline=True),
-    "multiple_choice": Builtin(lambda: multiple_choice, inline=True),
+    "multiple_choice": Builtin(_load_multiple_choice, inline=True),
     # sympy can take a while on a hostile answer: keep it off the event loop.
     "math": Builtin(_load_math, inline=False),
     "json_schema": Builtin(_load_json_schema, inline=True),
