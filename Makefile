@@ -11,7 +11,7 @@ LLAMA_CMAKE_ARGS := -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_B
 $(VENV)/.installed-dev: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[dev,reasoning]'
 	touch $@
 
 install: $(VENV)/.installed-dev
@@ -46,7 +46,7 @@ lint: $(VENV)/.installed-dev
 
 # Benchmarks (not part of `make test`): about 12 minutes on 2 cores; results into bench/RESULTS.md.
 bench: $(VENV)/.installed-dev
-	$(PIP) install --quiet -e '.[dev,bench]'
+	$(PIP) install --quiet -e '.[dev,reasoning,bench]'
 	$(PY) bench/run.py --write
 	$(PY) -m bench.collector_rss 10000 1000000 --write
 
