@@ -2,7 +2,8 @@
 
 The fields given replace the agent's (nested ones merged, so ``+default_params.temperature=0.2`` keeps the other
 default params); the gateway validates the whole result and refuses an invalid one with the reason. The admin
-token comes from ``ROLLGATE_ADMIN_TOKEN`` (or ``+admin_token_env``), never from the command line. Prints the
+token comes from ``ROLLGATE_ADMIN_TOKEN`` (or ``+admin_token_env``), never from the command line; without it, from
+the file a local stack (``rollgate up``) keeps for its gateway (``rollgate._local_admin``). Prints the
 agent's new route as JSON on stdout; exit 0 on success, 1 when the gateway refused or could not be reached.
 
     rollgate gateway set my_agent +verifier_url=http://verifier-v2:8001 +gateway=127.0.0.1:50051
@@ -20,6 +21,7 @@ import grpc
 import orjson
 from pydantic import BaseModel, Field
 
+from rollgate._local_admin import read_token, token_path
 from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
 from rollgate.protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
 
@@ -88,8 +90,13 @@ def _channel(args: SetArgs) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(args.gateway, creds)
 
 
+def _token(args: SetArgs) -> str | None:
+    # A local stack (`rollgate up`) keeps its gateway's token in a file only the user can read.
+    return os.environ.get(args.admin_token_env) or read_token(args.gateway)
+
+
 async def _call(args: SetArgs, patch: dict[str, Any]) -> pb.Route:
-    token = os.environ.get(args.admin_token_env)
+    token = _token(args)
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     async with _channel(args) as channel:
         stub = pb_grpc.GatewayAdminStub(channel)
@@ -109,6 +116,10 @@ def run_set(args: SetArgs) -> int:
     except grpc.aio.AioRpcError as exc:
         print(f"error: the gateway at {args.gateway} refused the change ({exc.code().name}): {exc.details()}",
               file=sys.stderr)
+        if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            print(f"hint: set {args.admin_token_env} to the token the gateway was started with (its "
+                  f"--admin-token-env); a stack started by `rollgate up` keeps it in {token_path(args.gateway)}, "
+                  "so check that the address is that stack's gateway", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"error: cannot read a TLS file: {exc}", file=sys.stderr)

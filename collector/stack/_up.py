@@ -4,6 +4,8 @@ Each service is a subprocess that prints one ready JSON line on stdout (docs/INT
 When the gateway is ready, ``rollgate up`` prints ``rollgate up: gateway ready at HOST:PORT (agents: …)`` on
 stderr and ``{"event": "ready", "service": "stack", "address": …, "agents": […]}`` on stdout. SIGINT/SIGTERM stop
 every child (terminate, then kill after a grace) and exit 0; a child that dies takes the stack down, exit 1.
+The gateway's admin API is on, with a fresh token that ``rollgate gateway set`` finds by itself
+(``rollgate._local_admin``), so routes can be changed on a local stack without any set-up.
 
 Children run in their own session so a terminal's Ctrl-C reaches only us and we stop them in order (a child
 dying of the same Ctrl-C first would otherwise look like a crash).
@@ -16,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -27,6 +31,7 @@ from typing import Any, Protocol
 import yaml
 
 from rollgate._cli import parse_cli, run_cli
+from rollgate._local_admin import remove_token, write_token
 from rollgate.collector._children import parse_ready
 from rollgate.collector.errors import CollectorError, StackError
 from rollgate.collector.stack._stackfile import StackFile, UpConfig, load_stack
@@ -34,6 +39,8 @@ from rollgate.collector.stack._stackfile import StackFile, UpConfig, load_stack
 __all__ = ["Launcher", "up_main"]
 
 _STOP_GRACE_S = 10.0
+# The variable the gateway reads its admin token from by default (``--admin-token-env``).
+ADMIN_TOKEN_ENV = "ROLLGATE_ADMIN_TOKEN"
 
 
 class _Embedded(Protocol):
@@ -67,10 +74,13 @@ class _Child:
 class _Stack:
     children: list[_Child] = field(default_factory=list)
     embedded: _Embedded | None = None
+    # The gateway address whose admin token file this stack wrote (removed on stop).
+    token_for: str | None = None
 
-    async def spawn(self, name: str, argv: list[str], timeout_s: float) -> dict[str, Any]:
+    async def spawn(self, name: str, argv: list[str], timeout_s: float,
+                    env: dict[str, str] | None = None) -> dict[str, Any]:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=None, start_new_session=True
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=None, start_new_session=True, env=env
         )
         child = _Child(name, proc)
         self.children.append(child)
@@ -95,6 +105,9 @@ class _Stack:
         for child in reversed(self.children):
             await _stop_child(child)
         self.children.clear()
+        if self.token_for is not None:
+            remove_token(self.token_for)
+            self.token_for = None
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
             self.embedded = None
@@ -182,10 +195,17 @@ async def _start(stack: StackFile, cfg: UpConfig, running: _Stack, launcher: Lau
     argv = launcher.gateway(str(config_path), cfg.host, cfg.port)
     if cfg.metrics_port is not None:
         argv += ["--metrics-port", str(cfg.metrics_port)]
-    ready = await running.spawn("gateway", argv, cfg.ready_timeout_s)
+    # The admin API (``rollgate gateway set``) works out of the box: a fresh token for this gateway, handed to the
+    # CLI through a file only the user can read. A token the user set in the environment is used as it is.
+    token = None if os.environ.get(ADMIN_TOKEN_ENV) else secrets.token_urlsafe(32)
+    env = {**os.environ, ADMIN_TOKEN_ENV: token} if token else None
+    ready = await running.spawn("gateway", argv, cfg.ready_timeout_s, env=env)
     address = ready.get("address")
     if not isinstance(address, str):
         raise StackError(f"gateway: its ready line has no address: {ready}")
+    if token is not None:
+        write_token(address, token)
+        running.token_for = address
     metrics_url = ready.get("metrics_url")
     return address, metrics_url if isinstance(metrics_url, str) else None
 
