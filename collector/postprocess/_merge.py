@@ -5,7 +5,8 @@ streams them into one file without holding any in memory. The sidecars (``<shard
 into ``<output>.failures``; the shards' manifests combine into ``<output>.manifest.json`` (counts and failures
 summed, means weighted by each shard's successful rollouts) and the combined means go to stdout.
 
-The output is written to a temporary file and renamed into place; an existing output is moved aside (``.bak``).
+The output is written to a temporary file and renamed into place; an existing output is moved aside with its
+sidecars (one ``.bak`` folder).
 A rollout present in two shards (overlapping inputs, a shard run twice) is written once.
 
     rollgate merge +output_jsonl_fpath=all.jsonl +inputs='[out/shard_*.jsonl]'
@@ -28,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rollgate._cli import parse_cli, run_cli
 from rollgate.collector._json import loads
-from rollgate.collector._outputs import failures_path, manifest_path, move_aside, utc_stamp
+from rollgate.collector._outputs import back_up, failures_path, manifest_path, utc_stamp
 from rollgate.collector.errors import CollectorError, InputError, OutputError, UsageError
 
 __all__ = ["MergeConfig", "merge", "merge_main"]
@@ -204,9 +205,7 @@ def merge(cfg: MergeConfig) -> dict[str, float]:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(str(output), exc.strerror or str(exc)) from None
-    stamp = utc_stamp()
-    for path in (output, failures_path(output), manifest_path(output)):
-        move_aside(path, stamp)
+    back_up([output, failures_path(output), manifest_path(output)], utc_stamp())
     written, duplicates = _merge_files(shards, output)
     sides = [failures_path(s) for s in shards if failures_path(s).exists()]
     failed_rows = _merge_files(sides, failures_path(output))[0] if sides else 0

@@ -11,6 +11,10 @@ failures (no ``response``) pass through unchanged. A row whose re-verification f
 ``<output>.failures`` with ``error: {stage: "verify", …}`` and the exit status is 1.
 
 The before/after reward table goes to stderr; the summary JSON (rows, changed, failed, before, after) to stdout.
+The table counts the rows with each reward value on both sides; with more than 11 distinct values it lists the
+10 most common (in value order) and an ``other (K values)`` row holding the rest, so each column adds up to its
+``n``. Floats are shown with 4 significant digits (more where two listed values would read the same). In the
+JSON, ``before``/``after`` have ``distinct`` (how many reward values) and, when that is at most 10, ``counts``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +38,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 import rollgate
 from rollgate._cli import CliError, parse_cli, run_cli
 from rollgate.collector._children import stop_process, wait_ready
-from rollgate.collector._outputs import failures_path, move_aside, utc_stamp
+from rollgate.collector._outputs import back_up, failures_path, utc_stamp
 
 __all__ = ["ReverifyConfig", "reverify_main"]
 
@@ -50,7 +55,7 @@ class ReverifyConfig(BaseModel):
     verifier: str
     """http(s)://HOST:PORT of a running verifier, or MODULE:ATTR / a built-in name to serve for this run."""
     output_jsonl_fpath: str
-    """Where the re-scored rows go (an existing file is moved aside to .<timestamp>.bak)."""
+    """Where the re-scored rows go (an existing file and its sidecar are moved aside to a .<timestamp>.bak folder)."""
     num_samples_in_parallel: int = Field(32, ge=1, le=4096)
     """Verify calls in flight at once."""
     timeout_s: float = Field(60.0, gt=0)
@@ -144,10 +149,10 @@ def _rescored(row: dict[str, Any], data: dict[str, Any], body: dict[str, Any], v
     return out
 
 
-async def _run(cfg: ReverifyConfig, url: str) -> dict[str, Any]:
+async def _run(cfg: ReverifyConfig, url: str) -> tuple[dict[str, Any], list[float], list[float]]:
+    """Re-score every row; returns the summary and the before/after reward lists (for the table)."""
     out_path = Path(cfg.output_jsonl_fpath)
-    move_aside(out_path, utc_stamp())
-    move_aside(failures_path(out_path), utc_stamp())
+    back_up([out_path, failures_path(out_path)], utc_stamp())
     out_path.parent.mkdir(parents=True, exist_ok=True)
     before: list[float] = []
     after: list[float] = []
@@ -225,32 +230,84 @@ async def _run(cfg: ReverifyConfig, url: str) -> dict[str, Any]:
             for t in [*tasks, writing]:
                 t.cancel()
             await asyncio.gather(*tasks, writing, return_exceptions=True)
-    return {**counts, "before": _summary(before), "after": _summary(after)}
+    return {**counts, "before": _summary(before), "after": _summary(after)}, before, after
+
+
+TABLE_TOP = 10
+"""The reward table lists every value when there are at most this many (+1) distinct ones; otherwise the
+``TABLE_TOP`` most common (before and after together) and one ``other`` row with the rest of each side."""
+
+
+def _key(v: float) -> str:
+    """A reward value as a JSON/table key: compact (``0``, ``1``, ``0.25``) yet never merging two values."""
+    short = f"{v:g}"
+    return short if float(short) == v else repr(v)
+
+
+def _distribution(values: list[float]) -> Counter[float]:
+    return Counter(values)  # keyed by the value itself: 0.1234561 and 0.1234562 stay two rows
 
 
 def _summary(values: list[float]) -> dict[str, Any]:
     if not values:
         return {"n": 0}
-    dist: dict[str, int] = {}
-    for v in sorted(values):
-        dist[f"{v:g}"] = dist.get(f"{v:g}", 0) + 1
+    dist = _distribution(values)
     summary: dict[str, Any] = {
         "n": len(values), "mean": round(statistics.fmean(values), 6), "min": min(values),
-        "median": statistics.median(values), "max": max(values),
+        "median": statistics.median(values), "max": max(values), "distinct": len(dist),
     }
     if len(dist) <= 10:  # binary or few-valued rewards: the counts are the distribution
-        summary["counts"] = dist
+        summary["counts"] = {_key(v): dist[v] for v in sorted(dist)}
     return summary
 
 
-def _table(result: dict[str, Any]) -> str:
+def _num(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return f"{float(value):.4g}"
+
+
+def _labels(values: list[float]) -> list[str]:
+    """``.4g`` labels, with more digits where two shown values would otherwise read the same."""
+    for digits in (4, 6, 8, 10, 12, 15, 17):
+        labels = [f"{v:.{digits}g}" for v in values]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [repr(v) for v in values]
+
+
+def _table(result: dict[str, Any], before: list[float] | None = None, after: list[float] | None = None) -> str:
+    """The before/after table: summary statistics, then ``= VALUE`` rows with how many rows had each reward.
+
+    Counts come from the reward lists themselves (``before``/``after``, the raw values), so a value that is
+    common on one side and absent from the other is counted right on both. With more than ``TABLE_TOP + 1``
+    distinct values (both sides together), the ``TABLE_TOP`` most common are listed in value order, followed by
+    ``other (K values)`` with the rows of every value not listed, so each column's counts still add up to its
+    ``n``. Without the lists, the summaries' ``counts`` (present for few-valued rewards) are used.
+    """
     b, a = result["before"], result["after"]
-    lines = [f"{'reward':<10}{'before':>12}{'after':>12}"]
+    rows: list[tuple[str, str, str]] = [("reward", "before", "after")]
     for key in ("n", "mean", "min", "median", "max"):
-        lines.append(f"{key:<10}{b.get(key, '-')!s:>12}{a.get(key, '-')!s:>12}")
-    values = sorted(set(b.get("counts", {})) | set(a.get("counts", {})), key=float)
-    for v in values:
-        lines.append(f"{'= ' + v:<10}{b.get('counts', {}).get(v, 0)!s:>12}{a.get('counts', {}).get(v, 0)!s:>12}")
+        rows.append((key, _num(b.get(key)), _num(a.get(key))))
+    if before is not None and after is not None:
+        bd, ad = _distribution(before), _distribution(after)
+    else:
+        bd = Counter({float(k): int(c) for k, c in b.get("counts", {}).items()})
+        ad = Counter({float(k): int(c) for k, c in a.get("counts", {}).items()})
+    total = bd + ad
+    shown = sorted(total) if len(total) <= TABLE_TOP + 1 else sorted(
+        v for v, _ in sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[:TABLE_TOP]
+    )
+    for v, label in zip(shown, _labels(shown), strict=True):
+        rows.append((f"= {label}", str(bd[v]), str(ad[v])))
+    if len(shown) < len(total):
+        rest = len(total) - len(shown)
+        rows.append((f"other ({rest} values)", str(bd.total() - sum(bd[v] for v in shown)),
+                     str(ad.total() - sum(ad[v] for v in shown))))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}" for r in rows]
     lines.append(f"rows: {result['rows']}  changed: {result['changed']}  failed: {result['failed']}  "
                  f"passed through (no response): {result['passed_through']}")
     return "\n".join(lines)
@@ -292,11 +349,11 @@ def reverify_main(argv: list[str]) -> int:
         if not url.startswith(("http://", "https://")):
             proc, url = _serve_locally(cfg.verifier, cfg)
         try:
-            result = asyncio.run(_run(cfg, url))
+            result, before, after = asyncio.run(_run(cfg, url))
         finally:
             if proc is not None:
                 stop_process(proc)
-        print(_table(result), file=sys.stderr)
+        print(_table(result, before, after), file=sys.stderr)
         print(orjson.dumps(result).decode())
         return 1 if result["failed"] else 0
 

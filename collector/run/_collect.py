@@ -5,10 +5,10 @@ The order of a run, and why:
 2. check the whole input file in one streaming pass (``Found N rows!``; a bad line stops here, exit 2);
 3. check that the output path can be written (exit 2), then ask the gateway for its agents (unknown agent: exit 2;
    no gateway: exit 1);
-only then is anything written. A fresh run moves the previous output aside (``.bak``) and writes the output
-directly, so it is a valid JSONL prefix at every moment; ``+resume=true`` keeps what is there, writes a
-``*.resume-….partial`` file and renames it over the output at the end (input order, every rollout once). Then the
-manifest is written and the means JSON goes to stdout. Exit 1 if more than ``max_failure_fraction`` failed.
+only then is anything written. A fresh run moves the previous output and its sidecars aside (one ``.bak``
+folder) and writes the output directly, so it is a valid JSONL prefix at every moment; ``+resume=true`` keeps
+what is there, writes a ``*.resume-….partial`` file and renames it over the output at the end (input order,
+every rollout once). Then the manifest is written and the means JSON goes to stdout. Exit 1 if more than ``max_failure_fraction`` failed.
 
 Ctrl-C: the first one stops sending, writes the complete groups and the manifest, prints a partial summary and
 the command to resume (exit 130); a second one exits at once — it is handled on the event loop, between writes,
@@ -32,7 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rollgate._cli import parse_cli, run_cli
-from rollgate.collector._outputs import failures_path, manifest_path, move_aside, utc_stamp
+from rollgate.collector._outputs import back_up, failures_path, manifest_path, utc_stamp
 from rollgate.collector.errors import CollectorError, OutputError, UnknownAgentError, UsageError
 from rollgate.collector.run._channels import TlsFiles
 from rollgate.collector.run._config import COLLECT_ALIASES, CollectConfig
@@ -175,9 +175,8 @@ async def collect(cfg: CollectConfig, *, command: str | None = None) -> int:
             else:
                 _log(f"warning: +resume=true but {output} does not exist yet; starting from the beginning")
         else:
-            stamp = utc_stamp()
-            for path in (output, failures_path(output), manifest_path(output), *partial_paths(output)):
-                move_aside(path, stamp)
+            back_up([output, failures_path(output), manifest_path(output), *partial_paths(output)], utc_stamp(),
+                    keep=cfg.keep_backups)
 
         record = RunRecord(
             config=cfg,

@@ -66,6 +66,10 @@ class CollectConfig(BaseModel):
     resume: bool = False
     """Keep what the output already holds and re-run only missing and failed rollouts (alias ``resume_from_cache``)."""
 
+    keep_backups: int | None = Field(None, ge=1)
+    """A re-run moves the previous output and its sidecars into one ``<output>.<UTC stamp>.bak/`` folder; keep
+    only the newest N such folders of this output (default: keep every one)."""
+
     num_shards: int = Field(1, ge=1)
     """Split the tasks into this many deterministic shards (task index modulo ``num_shards``); ``rollgate merge``
     joins the shard outputs back into input order."""

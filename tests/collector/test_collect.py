@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from rollgate.collector import collect_main
+from rollgate.collector._outputs import backups_of
 from tests.collector.conftest import read_jsonl, task, write_tasks
 from tests.collector.fake_gateway import VERIFIER_VERSION, FakeGateway
 
@@ -254,16 +255,36 @@ def test_rerun_moves_the_old_output_aside(tmp_path: Path, capsys: pytest.Capture
     with FakeGateway() as gw:
         assert collect_main(_argv(gw, inp, out)) == 0
     err = capsys.readouterr().err
-    baks = sorted(p.name for p in tmp_path.glob("*.bak"))
-    stamp = r"\d{8}T\d{6}Z"
-    assert any(re.fullmatch(rf"o\.jsonl\.{stamp}\.bak", n) for n in baks), baks
-    assert any(re.fullmatch(rf"o\.jsonl\.failures\.{stamp}\.bak", n) for n in baks), baks
-    old = next(p for p in tmp_path.glob("o.jsonl.2*.bak"))
-    assert old.read_text() == first_main
-    assert next(tmp_path.glob("o.jsonl.failures.*.bak")).read_text() == first_side
+    # One backup per re-run: a folder with the output and its sidecars, under their own names.
+    (bak,) = tmp_path.glob("*.bak")
+    assert re.fullmatch(r"o\.jsonl\.\d{8}T\d{6}Z\.bak", bak.name) and bak.is_dir(), bak
+    assert sorted(p.name for p in bak.iterdir()) == ["o.jsonl", "o.jsonl.failures", "o.jsonl.manifest.json"]
+    assert (bak / "o.jsonl").read_text() == first_main
+    assert (bak / "o.jsonl.failures").read_text() == first_side
+    assert str(bak) in err
     assert not Path(f"{out}.failures").exists()  # this run had no failures
     assert len(read_jsonl(out)) == 2
     assert "warning:" in err and "already exists" in err
+
+
+def test_three_reruns_leave_three_complete_backups_and_nothing_else(tmp_path: Path) -> None:
+    inp = write_tasks(tmp_path / "t.jsonl", [task(0), task(1)])
+    out = tmp_path / "o.jsonl"
+    with FakeGateway() as gw:
+        for _ in range(4):  # the first run and three re-runs of the same command
+            assert collect_main(_argv(gw, inp, out)) == 0
+    baks = backups_of(out)  # oldest first (runs within one second get .1, .2 … after the stamp)
+    assert len(baks) == 3 and sorted(baks) == sorted(tmp_path.glob("*.bak"))
+    for bak in baks:
+        assert sorted(p.name for p in bak.iterdir()) == ["o.jsonl", "o.jsonl.manifest.json"]
+        assert len(read_jsonl(bak / "o.jsonl")) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["t.jsonl", "o.jsonl", "o.jsonl.manifest.json", *(b.name for b in baks)])
+    # Keeping only the newest two: the oldest folder goes, the newest two stay.
+    with FakeGateway() as gw:
+        assert collect_main(_argv(gw, inp, out, "+keep_backups=2")) == 0
+    assert sorted(tmp_path.glob("*.bak")) == sorted(backups_of(out)) and len(backups_of(out)) == 2
+    assert baks[0] not in backups_of(out) and baks[1] not in backups_of(out) and baks[2] in backups_of(out)
 
 
 def test_manifest(tmp_path: Path) -> None:

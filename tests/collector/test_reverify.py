@@ -104,8 +104,8 @@ def test_builtin_by_name_and_existing_output_is_kept_aside(workdir: Path, capsys
                           "--output-jsonl-fpath", "out.jsonl"]) == 0
     (row,) = _read(workdir / "out.jsonl")
     assert row["reward"] == 1.0 and row["_rollout"]["verifier_version"].startswith("exact_match@")
-    assert [p.read_text() for p in workdir.glob("out.jsonl.*.bak")] == ["old\n"]
-    assert "moved the old file" in capsys.readouterr().err
+    assert [p.read_text() for p in workdir.glob("out.jsonl.*.bak/out.jsonl")] == ["old\n"]
+    assert "already exists; moved it" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -204,7 +204,7 @@ def _check_training_prep(work: Path, log: str) -> None:
         assert re.search(rf"{model}: reward=[0-9.]+, accuracy=[0-9.]+", log)
     # Pattern 3.4 ran model_v1 twice (its first command, then the comparison loop): with seed 42 the answers
     # are the same, so the evaluation is reproducible.
-    earlier = sorted(work.glob("eval_model_v1_results.jsonl.*.bak"))
+    earlier = sorted(work.glob("eval_model_v1_results.jsonl.*.bak/eval_model_v1_results.jsonl"))
     assert earlier, "re-run kept the first evaluation aside"
     texts = [[r["output"][-1]["content"][0]["text"] for r in _rows(p)]
              for p in (earlier[0], work / "eval_model_v1_results.jsonl")]
