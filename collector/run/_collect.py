@@ -8,7 +8,8 @@ The order of a run, and why:
 only then is anything written. A fresh run moves the previous output and its sidecars aside (one ``.bak``
 folder) and writes the output directly, so it is a valid JSONL prefix at every moment; ``+resume=true`` keeps
 what is there, writes a ``*.resume-….partial`` file and renames it over the output at the end (input order,
-every rollout once). Then the manifest is written and the means JSON goes to stdout. Exit 1 if more than ``max_failure_fraction`` failed.
+every rollout once). Then the manifest is written and the means JSON goes to stdout. Exit 1 if more than
+``max_failure_fraction`` failed.
 
 Ctrl-C: the first one stops sending, writes the complete groups and the manifest, prints a partial summary and
 the command to resume (exit 130); a second one exits at once — it is handled on the event loop, between writes,
