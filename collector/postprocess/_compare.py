@@ -21,6 +21,8 @@ from rollgate.collector.postprocess._groups import iter_groups
 __all__ = ["compare_main"]
 
 _Z95 = 1.959963984540054
+# A task mean that moved less than this did not change (float noise from averaging).
+_UNCHANGED = 1e-9
 
 
 class CompareConfig(BaseModel):
@@ -74,6 +76,7 @@ def _compare(cfg: CompareConfig) -> int:
         print(f"warning: the runs share {len(common)} tasks; {len(set(a) ^ set(b))} appear in only one",
               file=sys.stderr)
     print(f"{'metric':<14}{Path(a_path).name:>28}{Path(b_path).name:>28}{'B - A (paired, per task)':>30}")
+    print(f"{'':<14}{'mean ± 95% CI':>28}{'mean ± 95% CI':>28}{'mean ± 95% CI':>30}")
     for m in metrics:
         ma, ha = _mean_ci([v for t in a.values() for v in t[m]])
         mb, hb = _mean_ci([v for t in b.values() for v in t[m]])
@@ -83,12 +86,18 @@ def _compare(cfg: CompareConfig) -> int:
     key = metrics[0]
     changes = [(statistics.mean(b[t][key]) - statistics.mean(a[t][key]), t)
                for t in common if a[t][key] and b[t][key]]
+    # Only tasks whose mean moved: a list padded with +0.000 rows says nothing.
+    changes = [c for c in changes if abs(c[0]) > _UNCHANGED]
     changes.sort(key=lambda c: (-abs(c[0]), c[1]))
-    if cfg.top and changes:
-        print(f"\nTasks that changed most ({key}, mean over repeats):")
-        for delta, t in changes[: cfg.top]:
-            print(f"  task {t}: {statistics.mean(a[t][key]):.3f} -> {statistics.mean(b[t][key]):.3f} "
-                  f"({delta:+.3f})")
+    print("(each cell: mean ± half-width of its 95% confidence interval, normal approximation)")
+    if not cfg.top:
+        return 0
+    if not changes:
+        print(f"\nNo task's mean {key} changed between the runs ({len(common)} tasks in both).")
+        return 0
+    print(f"\nTasks that changed most ({key}, mean over repeats; {len(changes)} of {len(common)} changed):")
+    for delta, t in changes[: cfg.top]:
+        print(f"  task {t}: {statistics.mean(a[t][key]):.3f} -> {statistics.mean(b[t][key]):.3f} ({delta:+.3f})")
     return 0
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from rollgate.collector._outputs import manifest_path
+
 __all__ = ["PROGRESS_EVERY_BYTES", "Malformed", "Progress", "RolloutIndex", "RowStatus", "failures_sidecar"]
 
 NAN = float("nan")
@@ -40,6 +42,24 @@ class RowStatus(IntEnum):
     FAILED = 1  # has an ``error`` object (a failures sidecar row that failed)
     COMPLETED = 2  # a sidecar row marked completed: it succeeded, but a sibling in its group failed
     MALFORMED = 3  # the line is not a JSON object
+
+
+def _measured_fields(paths: Sequence[Path]) -> frozenset[str] | None:
+    """The metrics of a collector's output: the numeric fields its verifier added, which the run's manifest
+    lists as its means (the printed means). Task fields such as ``task_id`` ride along in the rows but are not
+    measurements. A file without a manifest (written elsewhere) has every numeric field as a metric."""
+    fields: set[str] = set()
+    for path in paths:
+        # A ``.failures`` sidecar belongs to its output's run and manifest.
+        run = Path(str(path).removesuffix(".failures"))
+        try:
+            means = json.loads(manifest_path(run).read_text(encoding="utf-8")).get("means")
+        except (OSError, ValueError, AttributeError):
+            return None
+        if not isinstance(means, dict):
+            return None
+        fields.update(str(k) for k in means)
+    return frozenset(fields)
 
 
 @dataclass(frozen=True)
@@ -98,6 +118,8 @@ class RolloutIndex:
     labels: list[str] = field(default_factory=lambda: [""])
     malformed: list[int] = field(default_factory=list)
     bytes_total: int = 0
+    # The fields the verifier added, from the runs' manifests (None: a file without one; every numeric field).
+    measured: frozenset[str] | None = None
 
     def __len__(self) -> int:
         return len(self.offset)
@@ -110,6 +132,7 @@ class RolloutIndex:
         ``progress(done, total)`` (bytes over all the files) is called every ``every_bytes`` and at the end.
         """
         index = cls(paths=list(paths))
+        index.measured = _measured_fields(index.paths)
         total = sum(path.stat().st_size for path in index.paths)
         done = 0
         for src, path in enumerate(index.paths):
@@ -144,6 +167,7 @@ class RolloutIndex:
         add_status, add_task, add_repeat = self.status.append, self.task.append, self.repeat.append
         add_reward, add_stage, add_kind = self.reward.append, self.stage.append, self.kind.append
         metrics = self.metrics
+        measured = self.measured
         last_keys: Any = None
         row_metrics: list[tuple[str, array[float]]] = []
         pos = 0
@@ -193,6 +217,7 @@ class RolloutIndex:
                     last_keys = keys
                     for key, value in row.items():
                         if (key not in metrics and key not in _RESERVED and not key.startswith("_")
+                                and (measured is None or key in measured)
                                 and isinstance(value, (int, float)) and len(metrics) < MAX_METRICS):
                             metrics[key] = array("d", [NAN]) * n
                     row_metrics = [(k, col) for k, col in metrics.items() if k in keys]

@@ -116,6 +116,15 @@ def test_compare_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "reward" in out and "±" in out
     moved = out.split("changed most")[1].splitlines()[1:]
     assert len(moved) == 2 and any("task 4:" in line for line in moved)
+    assert "95% CI" in out and "confidence interval" in out
+    # With room for every task, only the ones that changed are listed (task 4 and the one row flipped).
+    assert rollgate_main(["compare", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "+top=30"]) == 0
+    out = capsys.readouterr().out
+    listed = [line for line in out.split("changed most")[1].splitlines()[1:] if line.strip()]
+    assert len(listed) == 2 and not any("(+0.000)" in line for line in listed), listed
+    assert "2 of 30 changed" in out
+    assert rollgate_main(["compare", str(tmp_path / "a.jsonl"), str(tmp_path / "a.jsonl")]) == 0
+    assert "No task's mean reward changed" in capsys.readouterr().out
 
 
 def test_export_sft_and_dpo_in_trl_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

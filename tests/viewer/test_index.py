@@ -11,7 +11,7 @@ import pytest
 from rollgate.collector.viewer import RolloutIndex
 from rollgate.collector.viewer._index import Malformed, RowStatus
 from rollgate.collector.viewer._main import _progress_printer
-from rollgate.collector.viewer._query import FilterError, Query, matching, parse_filter, search
+from rollgate.collector.viewer._query import FilterError, Query, matching, parse_filter, search, summary
 from tests.viewer.rows import failure, rollout
 
 
@@ -50,6 +50,20 @@ def test_columns_reward_metrics_failures_and_sidecar_status(tmp_path: Path) -> N
     assert index.metric_names() == ["reward", "accuracy"]  # booleans count, strings do not
     assert [index.labels[index.stage[2]], index.labels[index.kind[2]]] == ["verify", "http_error"]
     assert index.where(3) == (str(side), 2)
+
+
+def test_metrics_are_the_fields_the_verifier_added(tmp_path: Path) -> None:
+    """Task fields such as ``task_id`` ride along in the rows; the run's manifest says which fields are measured."""
+    main, side = tmp_path / "r.jsonl", tmp_path / "r.jsonl.failures"
+    rows = [{**rollout(i, 0, 1.0), "task_id": 100 + i, "difficulty": 3} for i in range(4)]
+    main.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    side.write_text(json.dumps({**failure(9, 0, stage="verify", kind="http_error"), "task_id": 9}) + "\n")
+    # Without a manifest (a file from elsewhere) every numeric field is a column.
+    assert RolloutIndex.build([main, side]).metric_names() == ["reward", "accuracy", "task_id", "difficulty"]
+    Path(f"{main}.manifest.json").write_text(json.dumps({"means": {"reward": 1.0, "accuracy": 1.0}}))
+    index = RolloutIndex.build([main, side])
+    assert index.metric_names() == ["reward", "accuracy"]
+    assert summary(index)["metrics"] == ["reward", "accuracy"]
 
 
 def test_filter_expressions_and_their_errors(tmp_path: Path) -> None:
