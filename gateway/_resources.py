@@ -14,6 +14,9 @@ session is then seeded and ``/verify`` asked once more, so that rollout is score
 Batching: such a sessionless rollout's ``/verify`` goes through ``VerifyBatches`` (``POST /verify_batch`` with the
 rollouts that finished together) when the verifier also says ``X-Rollgate-Verify-Batch: N``.
 
+A verifier answer ``{"error": {"kind": "timeout"}}`` (a rollgate verifier's verify ran past its
+``--verify-timeout-s``; HTTP 504) fails the rollout as kind ``timeout`` at stage ``verify``, and is not retried.
+
     rs = ResourcesSession(http, "http://127.0.0.1:8001", cfg, hints=hints)
     await rs.open(uses_tools=True); text = await rs.call_tool("add", '{"a": 1, "b": 2}')
     verdict, attempts = await rs.verify(body); await rs.close()
@@ -31,7 +34,7 @@ import orjson
 from rollgate.gateway._config import AgentConfig
 from rollgate.gateway._http import Answer, HttpClient, error_text, parse_object, raise_for_status
 from rollgate.gateway._metrics import GatewayMetrics
-from rollgate.gateway._retry import call_with_retry, never_reached
+from rollgate.gateway._retry import call_with_retry, never_reached, not_a_verify_timeout
 from rollgate.gateway._verify_batch import BATCH_HEADER, VerifyBatches
 from rollgate.gateway.errors import ToolError, VerifyError
 
@@ -83,6 +86,17 @@ class SessionHints:
             self._batch[base_url] = limit
         else:
             self._batch.pop(base_url, None)
+
+
+def _error_kind(ans: Answer) -> str:
+    """The ``error.kind`` of a verifier's error answer, or "" (a third-party server, a proxy's error page)."""
+    try:
+        data = orjson.loads(ans.body)
+    except orjson.JSONDecodeError:
+        return ""
+    error = data.get("error") if isinstance(data, dict) else None
+    kind = error.get("kind") if isinstance(error, dict) else None
+    return kind if isinstance(kind, str) else ""
 
 
 def _json_text(data: Any) -> str:
@@ -176,10 +190,14 @@ class ResourcesSession:
                 log.warning("verifier %s now needs sessions (hot reload?): seeding and verifying again", self._base)
                 await self.seed()
                 ans = await self._post("verify", body, error=VerifyError, timeout_s=self._cfg.timeouts.verify_s)
+            if ans.status >= 400 and _error_kind(ans) == "timeout":
+                raise VerifyError(f"POST {ans.url}: HTTP {ans.status}: {error_text(ans)}", kind="timeout",
+                                  http_status=ans.status, url=ans.url)
             raise_for_status(ans, VerifyError)
             return ans
 
-        ans, attempts = await call_with_retry(attempt, self._cfg.retries, target="verifier", metrics=self._metrics)
+        ans, attempts = await call_with_retry(attempt, self._cfg.retries, target="verifier", metrics=self._metrics,
+                                              retry_on=not_a_verify_timeout)
         data = parse_object(ans, VerifyError)
         reward = data.get("reward")
         # bool is an int in Python, but a reward of True is a verifier bug, not 1.0.

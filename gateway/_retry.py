@@ -2,7 +2,9 @@
 
 Every retried call in the gateway goes through ``call_with_retry``, so ``Retry-After``, replica rotation and
 metrics have one place to land. Retry-on set: connection errors, timeouts, 408, 429, 5xx; a plain 4xx gives up at
-once. A server's ``Retry-After`` is honoured (never waiting less than the backoff), capped by
+once. A verifier's own ``timeout`` answer (its verify ran past the verifier's time limit) is not retried either
+(``not_a_verify_timeout``): the same answer would hold another worker for as long again. A server's
+``Retry-After`` is honoured (never waiting less than the backoff), capped by
 ``retry_after_cap_s`` so a misbehaving server cannot park a rollout. Each retry is counted (target, cause) and
 logged once with its cause.
 
@@ -23,7 +25,8 @@ from rollgate.gateway._config import RetryConfig
 from rollgate.gateway._metrics import GatewayMetrics, safe_url
 from rollgate.gateway.errors import RolloutFailure
 
-__all__ = ["call_with_retry", "is_transient", "make_retrying", "retry_wait_s"]
+__all__ = ["call_with_retry", "is_transient", "make_retrying", "never_reached", "not_a_verify_timeout",
+           "retry_wait_s"]
 
 T = TypeVar("T")
 log = logging.getLogger("rollgate.gateway.retry")
@@ -37,6 +40,14 @@ def is_transient(exc: BaseException) -> bool:
 def never_reached(exc: BaseException) -> bool:
     """For calls that must not run twice (tools): retry only when the request never left this process."""
     return isinstance(exc, RolloutFailure) and exc.kind == "connection" and not exc.reached
+
+
+def not_a_verify_timeout(exc: BaseException) -> bool:
+    """For ``/verify``: ``is_transient``, except an answer saying the verify itself timed out (kind ``timeout``
+    with an HTTP status: the verifier answered). A timeout on our side (no answer, status 0) is still retried."""
+    if isinstance(exc, RolloutFailure) and exc.kind == "timeout" and exc.http_status:
+        return False
+    return is_transient(exc)
 
 
 def retry_wait_s(policy: RetryConfig, attempt: int, exc: BaseException | None, rng: random.Random | None = None,

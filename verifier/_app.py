@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rollgate.verifier._core import VerifierCore
 from rollgate.verifier._fastpath import FastPath
+from rollgate.verifier._isolation import VerifyLimits
 from rollgate.verifier._loader import LoadedVerifier, load_target
 from rollgate.verifier._metrics import VerifierMetrics
 from rollgate.verifier._wire import (
@@ -127,15 +128,17 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     registry: CollectorRegistry | None = None,
     token: str | None = None,
+    limits: VerifyLimits | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``target`` (a spec such as ``"exact_match"``, a loaded verifier, or a core).
 
-    Metrics go to ``registry`` (a fresh one by default, so two apps in one process never collide).
+    Metrics go to ``registry`` (a fresh one by default, so two apps in one process never collide). ``limits``
+    (verify's time limit, pool sizes) applies when the core is built here; a core passed in has its own.
     """
     if isinstance(target, VerifierCore):
         core = target
     else:
-        core = VerifierCore(load_target(target) if isinstance(target, str) else target)
+        core = VerifierCore(load_target(target) if isinstance(target, str) else target, limits=limits)
 
     app = FastAPI(title=f"rollgate verifier {core.name}", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = VerifierMetrics(registry)

@@ -8,10 +8,16 @@ items and ``<think>`` blocks are set aside.
 - ``exact_match``: 1.0 when the answer equals ``expected_answer`` (a value or a list of accepted values) after
   trimming, case folding and whitespace collapsing. Adds ``accuracy`` and ``extracted_answer``.
 - ``contains``: 1.0 when ``expected_answer`` (or any of a list) occurs in the answer, case-folded.
-- ``regex``: 1.0 when the task's ``pattern`` matches the answer (``re.search``; ``ignore_case`` optional).
-- ``multiple_choice``: extracts the chosen letter ("Answer: C", "(C)", "**C**", a lone "C") and compares it with
-  ``expected_answer`` (a letter, or an option's text when the task lists ``options``).
-- ``math``: ``math-verify`` equivalence of the answer (``\\boxed{}`` or plain) with ``expected_answer``.
+- ``regex``: 1.0 when the task's ``pattern`` matches the answer (``search``; ``ignore_case`` optional). Matched
+  with the ``regex`` package (``re``'s syntax; ``re`` has no timeout), each (pattern, flags) compiled once (LRU),
+  in the verify thread pool with ``timeout=`` the call's time left: a pattern that backtracks without end fails
+  that rollout as ``timeout`` and frees its thread, and the event loop never runs a match.
+- ``multiple_choice``: the option the answer chose ("Answer: C", "\\boxed{B}", "I'd go with C", "A. Paris", the
+  option's text when the task lists ``options`` …; the rules in order are in ``verifier._choice``), compared with
+  ``expected_answer`` (a letter, or an option's text).
+- ``math``: ``math-verify`` equivalence of the answer (``\\boxed{}`` or plain) with ``expected_answer``. Runs in a
+  worker process (``process=True``), killed past ``--verify-timeout-s``: such an answer (``9^{9^{9^{9}}}``) fails
+  its rollout as ``timeout`` (504), it is not scored 0.
 - ``json_schema``: the answer (fences allowed) parses as JSON and validates against the task's ``schema``.
 - ``llm_judge``: asks an OpenAI-compatible model with a rubric and parses a score (``verifier._judge``).
 - ``reasoning_gym``: reasoning-gym's own scorer for the task's ``metadata`` (optional extra ``rollgate[reasoning]``).
@@ -19,13 +25,16 @@ items and ``<think>`` blocks are set aside.
 
 from __future__ import annotations
 
-import re
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import regex as _regex  # type: ignore[import-untyped]
+
+from rollgate.verifier._isolation import WorkerFunction, time_left_s
 from rollgate.verifier._text import final_answer, normalize
-from rollgate.verifier.errors import InvalidTask
+from rollgate.verifier.errors import InvalidTask, VerifyTimeout
 
 __all__ = ["BUILTINS", "Builtin", "expected_values", "scored"]
 
@@ -61,24 +70,49 @@ def contains(task: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
     return scored(1.0 if any(w and w in folded for w in wanted) else 0.0, answer)
 
 
+@functools.lru_cache(maxsize=1024)
+def _compiled(pattern: str, flags: int) -> Any:
+    # A run's tasks reuse a few patterns: compile each once. A bad one raises every time (errors are not cached).
+    return _regex.compile(pattern, flags)
+
+
 def regex(task: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
     pattern = task.get("pattern")
     if not isinstance(pattern, str) or not pattern:
         raise InvalidTask("regex needs the task field 'pattern' (a Python regular expression, matched with re.search)")
     try:
-        compiled = re.compile(pattern, re.IGNORECASE if task.get("ignore_case") else 0)
-    except re.error as exc:
+        compiled = _compiled(pattern, _regex.IGNORECASE if task.get("ignore_case") else 0)
+    except _regex.error as exc:
         raise InvalidTask(f"regex: 'pattern' {pattern!r} does not compile: {exc}") from None
     answer = final_answer(response)
-    return scored(1.0 if compiled.search(answer) else 0.0, answer)
+    limit = time_left_s()
+    try:
+        # concurrent=True releases the GIL while matching, so a long match never stalls the event loop.
+        found = compiled.search(answer, concurrent=True, timeout=limit)
+    except TimeoutError:
+        raise VerifyTimeout(f"regex: matching 'pattern' {pattern!r} ran past its time limit ({limit:.3g}s): it "
+                            "backtracks without end on this answer") from None
+    return scored(1.0 if found else 0.0, answer)
 
 
 @dataclass(frozen=True)
 class Builtin:
-    """A built-in verifier: ``load()`` returns the callable; ``inline`` runs it on the event loop (it is fast)."""
+    """A built-in verifier: ``load()`` returns the callable. Where it runs: ``inline`` on the event loop (fast,
+    pure code); ``process`` in a worker process killed past the time limit (CPU-heavy code that a thread could
+    not stop, e.g. sympy); otherwise in the verify thread pool under the time limit.
 
-    load: Callable[[], Callable[..., Any]]
-    inline: bool
+        Builtin(_load_math, process=True)     # the loaded function is sent to workers by module:function name
+    """
+
+    loader: Callable[[], Callable[..., Any]]
+    inline: bool = False
+    process: bool = False
+
+    def load(self) -> Callable[..., Any]:
+        fn = self.loader()
+        if self.process:
+            return WorkerFunction(f"{fn.__module__}:{fn.__qualname__}")
+        return fn
 
 
 def _load_multiple_choice() -> Callable[..., Any]:
@@ -106,19 +140,21 @@ def _load_judge() -> Callable[..., Any]:
 
 
 def _load_reasoning_gym() -> Callable[..., Any]:
-    from rollgate.verifier._rgym import reasoning_gym_verify
+    from rollgate.verifier._rgym import _rg, reasoning_gym_verify
 
+    _rg()  # the extra is imported lazily: without it, fail at load (serve exits 2 with the install hint)
     return reasoning_gym_verify
 
 
 BUILTINS: dict[str, Builtin] = {
     "exact_match": Builtin(lambda: exact_match, inline=True),
     "contains": Builtin(lambda: contains, inline=True),
-    "regex": Builtin(lambda: regex, inline=True),
+    # Off the loop: a task's pattern may backtrack for as long as its time limit lets it.
+    "regex": Builtin(lambda: regex),
     "multiple_choice": Builtin(_load_multiple_choice, inline=True),
-    # sympy can take a while on a hostile answer: keep it off the event loop.
-    "math": Builtin(_load_math, inline=False),
+    # sympy can run forever in C code on a hostile answer (9^{9^{9^{9}}}): only killing its process stops it.
+    "math": Builtin(_load_math, process=True),
     "json_schema": Builtin(_load_json_schema, inline=True),
-    "llm_judge": Builtin(_load_judge, inline=False),
-    "reasoning_gym": Builtin(_load_reasoning_gym, inline=False),
+    "llm_judge": Builtin(_load_judge),
+    "reasoning_gym": Builtin(_load_reasoning_gym),
 }

@@ -1,7 +1,9 @@
 """The verifier core: sessions, ``verify``, tools. Plain async Python with dicts in and out; no HTTP here.
 
 ``_app.py`` only turns bytes into dicts and ``RequestError`` into error bodies around these calls, so tests
-(and a future hot reload, which swaps ``core.loaded``) can drive the core directly.
+(and a future hot reload, which swaps ``core.loaded``) can drive the core directly. Sync user code runs in the
+core's ``Isolation`` (a bounded thread pool; worker processes for heavy built-ins), a sync verify under the hard
+time limit of its ``VerifyLimits``; ``aclose()`` stops them with the server.
 
     core = VerifierCore(load_target("exact_match"))
     answer = await core.verify({"responses_create_params": {...}, "response": {...}, "expected_answer": "42"})
@@ -21,6 +23,7 @@ from pydantic import BaseModel
 
 from rollgate.verifier._base import Session
 from rollgate.verifier._calls import Handler
+from rollgate.verifier._isolation import Isolation, VerifyLimits
 from rollgate.verifier._loader import LoadedVerifier
 from rollgate.verifier.errors import (
     InvalidRequest,
@@ -73,8 +76,11 @@ class VerifierCore:
         answer = await core.verify({"response": response, "expected_answer": "42"})  # the body plus "reward"
     """
 
-    def __init__(self, loaded: LoadedVerifier, *, max_sessions: int = 100_000) -> None:
+    def __init__(self, loaded: LoadedVerifier, *, max_sessions: int = 100_000,
+                 limits: VerifyLimits | None = None) -> None:
         self.loaded = loaded
+        # Kept across hot reloads: the pools belong to the server, not to one version of the code.
+        self.isolation = Isolation(limits)
         self.max_sessions = max_sessions
         # The last failed reload (None once a reload succeeds): the old version keeps serving meanwhile.
         self.load_error: str | None = None
@@ -82,6 +88,10 @@ class VerifierCore:
         # Insertion order = age, so the oldest abandoned session is evicted first when full.
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._evictions: set[asyncio.Task[None]] = set()
+
+    async def aclose(self) -> None:
+        """Stop the worker processes and idle threads (the server calls it once it has stopped serving)."""
+        await self.isolation.aclose()
 
     @property
     def name(self) -> str:
@@ -140,7 +150,8 @@ class VerifierCore:
         hook = self.loaded.seed_hook
         if hook is not None:
             try:
-                await hook.call((), {"body": body} if _takes(hook, "body") else {}, session)
+                await hook.call((), {"body": body} if _takes(hook, "body") else {}, session,
+                                isolation=self.isolation)
             except RequestError:
                 self._sessions.pop(session.id, None)
                 raise
@@ -158,7 +169,7 @@ class VerifierCore:
 
         async def close() -> None:
             try:
-                await hook.call((), {}, session)
+                await hook.call((), {}, session, isolation=self.isolation)
             except Exception:
                 log.exception("close_session raised for an evicted session")
 
@@ -172,7 +183,7 @@ class VerifierCore:
         hook = self.loaded.close_hook
         if session is not None and hook is not None:
             try:
-                await hook.call((), {}, session)
+                await hook.call((), {}, session, isolation=self.isolation)
             except RequestError:
                 raise
             except Exception as exc:
@@ -207,9 +218,10 @@ class VerifierCore:
         session = self._session_for(handler, session_id)
         task = {k: v for k, v in body.items() if k != "response"}
         try:
-            result = await handler.call((task, response), {}, session)
+            result = await handler.call((task, response), {}, session, isolation=self.isolation,
+                                        timeout_s=self.isolation.limits.timeout_s)
         except RequestError:
-            raise  # e.g. InvalidTask raised on purpose by the user's code
+            raise  # e.g. InvalidTask raised on purpose by the user's code, or VerifyTimeout
         except Exception as exc:
             # The client gets the type and message; the stack trace stays in this process's log.
             log.exception("verify raised (verifier %s, version %s)", loaded.name, loaded.version)
@@ -222,7 +234,7 @@ class VerifierCore:
         if hook is None:
             raise NotFound(f"verifier {self.loaded.name} has no aggregate_metrics")
         try:
-            return _plain(await hook.call((body,), {}, None))
+            return _plain(await hook.call((body,), {}, None, isolation=self.isolation))
         except RequestError:
             raise
         except Exception as exc:
@@ -241,7 +253,7 @@ class VerifierCore:
             raise InvalidRequest(f"tool {name!r}: {problem}", tool=name)
         session = self._session_for(handler, session_id)
         try:
-            result = await handler.call((), args, session)
+            result = await handler.call((), args, session, isolation=self.isolation)
         except RequestError:
             raise
         except Exception as exc:

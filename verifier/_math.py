@@ -284,3 +284,14 @@ def _score(expected: object, gold_text: str, response: dict[str, Any], parse_tim
     if ok:
         return _result(1.0, extracted, None)
     return _result(0.0, extracted, "timeout" if timed_out else "mismatch")
+
+
+def _warm_up() -> None:
+    # math-verify builds its LaTeX grammar and sympy caches on the first answer (about 0.1 s of CPU). Done at
+    # import, the verifier's worker processes (forked from a server process that preloaded this module) start
+    # warm, so an ordinary answer is fast even in a replacement worker on a loaded machine.
+    said = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": r"\boxed{1/2}"}]}
+    math_verify({"expected_answer": "0.5"}, {"output": [said]})
+
+
+_warm_up()

@@ -6,7 +6,7 @@ exactly one ready line on stdout once the socket listens, as every rollgate serv
     {"event": "ready", "service": "verifier", "url": "http://127.0.0.1:PORT"}
 
 SIGTERM/SIGINT stop accepting, let in-flight requests finish within ``grace_s``, then exit 0; a second SIGINT
-forces the exit.
+forces the exit. Once the server has stopped, its core's worker processes are stopped too (``VerifierCore.aclose``).
 
     server = await start_server(create_app("exact_match"), "127.0.0.1", 0)
     ...                                        # server.url, server.port
@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 from rollgate._cli import CliError, parse_cli, run_cli
 from rollgate.verifier._app import create_app
 from rollgate.verifier._core import VerifierCore
+from rollgate.verifier._isolation import DEFAULT_TIMEOUT_S, VerifyLimits
 from rollgate.verifier._loader import LoadedVerifier, load_target
 from rollgate.verifier._metrics import VerifierMetrics
 from rollgate.verifier._reload import Reloader
@@ -44,12 +45,17 @@ log = logging.getLogger("rollgate.verifier")
 
 USAGE = """usage: rollgate verifier serve TARGET [--host 127.0.0.1] [--port 8001] [--reload]
                                   [--token-env ROLLGATE_VERIFIER_TOKEN] [--grace-s 30]
+                                  [--verify-timeout-s 30] [--verify-threads N] [--verify-processes N]
        rollgate verifier tasks reasoning_gym +dataset=NAME +size=N +seed=S +output_jsonl_fpath=FILE
 
 TARGET is MODULE:ATTR (a verify(task, response) function or a verifier.ResourcesServer subclass, importable
 from the current directory) or a built-in verifier name (exact_match, contains, regex, multiple_choice, math,
-json_schema, llm_judge, reasoning_gym). --reload swaps edited code in without restarting. Both +key=value and
---key value work."""
+json_schema, llm_judge, reasoning_gym). --reload swaps edited code in without restarting.
+--verify-timeout-s: hard limit on one sync verify() call; past it that rollout alone fails (HTTP 504, kind
+timeout; the gateway does not retry it). Sync user code runs in --verify-threads threads (default min(32, CPUs+4));
+math runs in worker processes (two warm, more while all are busy, at most --verify-processes: default
+max(8, 2 x CPUs)), killed and replaced past the limit.
+Both +key=value and --key value work."""
 
 
 class ServeConfig(BaseModel):
@@ -71,6 +77,17 @@ class ServeConfig(BaseModel):
     """Watch the target's source files and swap the new version in, in this same process."""
     token_env: str = "ROLLGATE_VERIFIER_TOKEN"
     """Env var holding a bearer token; when set, every protocol route needs it (health and metrics do not)."""
+    verify_timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0)
+    """Hard limit on one sync verify() call; past it that rollout fails as ``timeout`` (504). Keep it under the
+    gateway's ``timeouts.verify_s`` so the verifier answers first."""
+    verify_threads: int | None = Field(None, ge=1, le=1024)
+    """Threads for sync user code (verify, tools, hooks); default min(32, CPUs + 4)."""
+    verify_processes: int | None = Field(None, ge=1, le=256)
+    """Most worker processes for CPU-heavy built-ins (math); default max(8, 2 x CPUs), two of them warm."""
+
+    def limits(self) -> VerifyLimits:
+        sizes = {"threads": self.verify_threads, "processes": self.verify_processes}
+        return VerifyLimits(timeout_s=self.verify_timeout_s, **{k: v for k, v in sizes.items() if v is not None})
 
 
 class _Server(uvicorn.Server):
@@ -156,7 +173,7 @@ async def start_server(
     sock = _bind(host, port)
     bound = int(sock.getsockname()[1])
     server = _Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]), name=f"verifier-server-{host}:{bound}")
+    task = asyncio.create_task(_serve_then_close(server, sock, app), name=f"verifier-server-{host}:{bound}")
     while not server.started:
         if task.done():
             sock.close()
@@ -166,8 +183,18 @@ async def start_server(
     return RunningServer(server, task, host, bound)
 
 
+async def _serve_then_close(server: uvicorn.Server, sock: socket.socket, app: FastAPI) -> None:
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        # In-flight requests are done (or given up on): stop the worker processes, so none outlives the server.
+        core = getattr(app.state, "core", None)
+        if isinstance(core, VerifierCore):
+            await core.aclose()
+
+
 async def _serve(cfg: ServeConfig, loaded: LoadedVerifier) -> int:
-    core = VerifierCore(loaded)
+    core = VerifierCore(loaded, limits=cfg.limits())
     token = os.environ.get(cfg.token_env) or None
     app = create_app(core, max_body_bytes=cfg.max_body_bytes, token=token)
     try:

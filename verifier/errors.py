@@ -18,11 +18,16 @@
         ├── SessionHookFailed        500 session_exception ``seed_session``/``close_session`` raised (same rule)
         ├── InvalidReward            500 invalid_reward    the reward is missing, not a number, a bool, NaN or inf
         ├── InvalidResult            500 invalid_result    verify/tool returned something that is not JSON
-        └── JudgeFailed              502 judge_error       llm_judge: the judge model failed after retries, or
-                                                           its answer had no score
+        ├── JudgeFailed              502 judge_error       llm_judge: the judge model failed after retries, or
+        │                                                  its answer had no score
+        ├── VerifierBusy             503 busy              no free verify thread/worker within the time limit
+        │                                                  (the verify never ran; a retry later may succeed)
+        └── VerifyTimeout            504 timeout           a sync ``verify()`` ran past ``--verify-timeout-s``
+                                                           (its worker process, if it had one, was killed)
 
 The 5xx kinds are the verifier's or the user code's fault, so the gateway records them as stage ``verify`` (or
-``tool``) failures; 4xx kinds are the caller's.
+``tool``) failures; 4xx kinds are the caller's. The gateway retries 5xx answers, except ``timeout``: the same
+answer would only tie up another worker for as long again (it records kind ``timeout``, stage ``verify``).
 """
 
 from __future__ import annotations
@@ -42,9 +47,11 @@ __all__ = [
     "SessionHookFailed",
     "ToolFailed",
     "UnknownTool",
+    "VerifierBusy",
     "VerifierError",
     "VerifierLoadError",
     "VerifyFailed",
+    "VerifyTimeout",
 ]
 
 
@@ -156,3 +163,20 @@ class JudgeFailed(RequestError):
 
     kind = "judge_error"
     status = 502
+
+
+class VerifierBusy(RequestError):
+    """Every verify thread (or worker process) stayed busy for the whole time limit: this call never ran."""
+
+    kind = "busy"
+    status = 503
+
+
+class VerifyTimeout(RequestError):
+    """A sync ``verify()`` ran past the server's ``--verify-timeout-s``; only its own rollout fails.
+
+    A built-in with its own time bound (``regex``) raises it too when that bound runs out.
+    """
+
+    kind = "timeout"
+    status = 504
