@@ -2,7 +2,8 @@
 
 The order of a run, and why:
 1. parse and validate the config (a bad key or value stops here, exit 2);
-2. check the whole input file in one streaming pass (``Found N rows!``; a bad line stops here, exit 2);
+2. check the whole input file in one streaming pass (``Found N rows!``; a bad line, or no row at all, stops here,
+   exit 2);
 3. check that the output path can be written (exit 2), then ask the gateway for its agents (unknown agent: exit 2;
    no gateway: exit 1);
 only then is anything written. A fresh run moves the previous output and its sidecars aside (one ``.bak``
@@ -11,9 +12,17 @@ what is there, writes a ``*.resume-….partial`` file and renames it over the ou
 every rollout once). Then the manifest is written and the means JSON goes to stdout. Exit 1 if more than
 ``max_failure_fraction`` failed.
 
+Every result is also appended to the run's completion journal (``<output>.journal``, see ``_journal``) before it
+counts as done, since the output can only take it once every rollout before it has finished. A run that
+completes removes the journal; after Ctrl-C, SIGKILL or an OOM kill it holds every finished rollout the output
+does not, and ``+resume=true`` takes them from there instead of running them again.
+
 Ctrl-C: the first one stops sending, writes the complete groups and the manifest, prints a partial summary and
 the command to resume (exit 130); a second one exits at once — it is handled on the event loop, between writes,
 so no line is torn.
+
+A rollout that has held the head of the output for ``HELD_REPORT_S`` (30 s; env ``ROLLGATE_HELD_REPORT_S``) is
+named on stderr — id, task, repeat, where it is, how long — at most once per that interval.
 """
 
 from __future__ import annotations
@@ -33,11 +42,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rollgate._cli import parse_cli, run_cli
+from rollgate.collector._json import dumps
 from rollgate.collector._outputs import back_up, failures_path, manifest_path, utc_stamp
-from rollgate.collector.errors import CollectorError, OutputError, UnknownAgentError, UsageError
+from rollgate.collector.errors import CollectorError, InputError, OutputError, UnknownAgentError, UsageError
 from rollgate.collector.run._channels import TlsFiles
 from rollgate.collector.run._config import COLLECT_ALIASES, CollectConfig
 from rollgate.collector.run._gateway_client import GatewayClient
+from rollgate.collector.run._journal import Journal, journal_path, journal_paths
 from rollgate.collector.run._manifest import RunRecord, endpoints_of, write_manifest
 from rollgate.collector.run._resume import ExistingRows, partial_paths, resume_sources, warn_about
 from rollgate.collector.run._rows import RESERVED_KEYS, MeansAccumulator, build_row
@@ -45,14 +56,27 @@ from rollgate.collector.run._tasks import RolloutSpec, check_input, iter_specs, 
 from rollgate.collector.run._writer import GroupWriter
 from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
 
-__all__ = ["collect", "collect_main", "reorder_window"]
+__all__ = ["HELD_REPORT_S", "collect", "collect_main", "held_report_s", "reorder_window"]
 
 # Failed rollouts are listed one line each up to this many, then only counted (a dead backend fails thousands).
 _MAX_FAILURE_LINES = 10
+# Say which rollout holds the output once it has done so this long, and again at most this often.
+HELD_REPORT_S = 30.0
+HELD_REPORT_ENV = "ROLLGATE_HELD_REPORT_S"
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def held_report_s() -> float:
+    """``HELD_REPORT_S``, or the seconds in env ``ROLLGATE_HELD_REPORT_S`` (tests lower it)."""
+    raw = os.environ.get(HELD_REPORT_ENV)
+    try:
+        value = float(raw) if raw else HELD_REPORT_S
+    except ValueError:
+        return HELD_REPORT_S
+    return value if value > 0 else HELD_REPORT_S
 
 
 def reorder_window(num_samples_in_parallel: int, num_repeats: int) -> int:
@@ -151,6 +175,8 @@ async def collect(cfg: CollectConfig, *, command: str | None = None) -> int:
     output = Path(cfg.output_jsonl_fpath)
     summary = check_input(cfg.input_jsonl_fpath)
     _log(f"Found {summary.rows} rows!")
+    if not summary.rows:  # before anything is moved aside: a wrong path must not cost the last output
+        raise InputError(cfg.input_jsonl_fpath, None, "no rows")
     tasks = summary.rows if cfg.limit is None else min(cfg.limit, summary.rows)
     if cfg.num_shards > 1:
         tasks = shard_task_count(tasks, cfg.num_shards, cfg.shard_index)
@@ -176,8 +202,8 @@ async def collect(cfg: CollectConfig, *, command: str | None = None) -> int:
             else:
                 _log(f"warning: +resume=true but {output} does not exist yet; starting from the beginning")
         else:
-            back_up([output, failures_path(output), manifest_path(output), *partial_paths(output)], utc_stamp(),
-                    keep=cfg.keep_backups)
+            back_up([output, failures_path(output), manifest_path(output), *partial_paths(output),
+                     *journal_paths(output)], utc_stamp(), keep=cfg.keep_backups)
 
         record = RunRecord(
             config=cfg,
@@ -201,6 +227,9 @@ def _finish(cfg: CollectConfig, record: RunRecord, output: Path, command: str | 
         _log(f"interrupted: {record.written} of {record.rollouts} rollouts written "
              f"({record.succeeded} succeeded, {record.failed} failed{' — ' + stages if stages else ''}); "
              f"the manifest is {manifest_path(output)}")
+        if record.unwritten:
+            _log(f"{record.unwritten} more finished rollout(s) waited behind unfinished ones: they are kept in "
+                 f"{record.journal} and the resume does not run them again")
         if command:
             _log(f"resume with: {command}")
         return 130
@@ -216,18 +245,21 @@ def _finish(cfg: CollectConfig, record: RunRecord, output: Path, command: str | 
     return 0
 
 
-def _install_interrupt(task: asyncio.Task[None], record: RunRecord, writer: GroupWriter) -> None:
+def _install_interrupt(task: asyncio.Task[None], record: RunRecord, writer: GroupWriter, journal: Journal) -> None:
     loop = asyncio.get_running_loop()
 
     def on_sigint() -> None:
         if record.interrupted:
             # Second Ctrl-C: leave now. This runs on the loop, between callbacks, never inside a write; the
-            # writer's buffer is pushed out first (its flush is deferred to the end of a loop iteration).
+            # journal's and the writer's buffers are pushed out first (their flushes wait for the loop iteration).
+            journal.flush()
             writer.flush()
-            _log("interrupted again: exiting at once (complete groups are on disk)")
+            _log(f"interrupted again: exiting at once (complete groups are on disk, every finished rollout in "
+                 f"{journal.path})")
             os._exit(130)
         record.interrupted = True
-        _log("\ninterrupted: writing what is done (Ctrl-C again to exit at once)")
+        _log(f"\ninterrupted: writing the complete groups; every finished rollout is in {journal.path} for the "
+             "resume (Ctrl-C again to exit at once)")
         task.cancel()
 
     try:
@@ -243,16 +275,42 @@ def _remove_interrupt() -> None:
         pass
 
 
-def _open_writer(cfg: CollectConfig, output: Path, resuming: bool, stamp: str) -> GroupWriter:
+def _open_files(cfg: CollectConfig, output: Path, resuming: bool, stamp: str) -> tuple[GroupWriter, Journal]:
+    """The ordered writer and the completion journal: a resume writes both under names of its own."""
     window = reorder_window(cfg.num_samples_in_parallel, cfg.num_repeats)
+    resume = f".resume-{stamp}-{os.getpid()}" if resuming else None
     try:
-        if resuming:
-            suffix = f".resume-{stamp}-{os.getpid()}.partial"
-            return GroupWriter(Path(f"{output}{suffix}"), cfg.num_repeats, window,
-                               failures=Path(f"{failures_path(output)}{suffix}"))
-        return GroupWriter(output, cfg.num_repeats, window)
+        if resume is not None:
+            suffix = f"{resume}.partial"
+            writer = GroupWriter(Path(f"{output}{suffix}"), cfg.num_repeats, window,
+                                 failures=Path(f"{failures_path(output)}{suffix}"))
+        else:
+            writer = GroupWriter(output, cfg.num_repeats, window)
+        return writer, Journal(journal_path(output, resume), watermark=lambda: writer.flushed)
     except OSError as exc:
         raise OutputError(str(output), exc.strerror or str(exc)) from None
+
+
+async def _report_held(writer: GroupWriter, running: dict[int, RolloutSpec], client: GatewayClient,
+                       journal: Journal, bar: tqdm[None], every_s: float) -> None:
+    """Name the rollout that holds the head of the output once it has done so ``every_s``, at most that often."""
+    head: int | None = None
+    since = last = time.monotonic()
+    while True:
+        await asyncio.sleep(min(1.0, every_s / 4))
+        now = time.monotonic()
+        missing = writer.head_missing()
+        if missing != head:
+            head, since = missing, now
+        spec = running.get(head) if head is not None else None
+        if spec is None or now - since < every_s or now - last < every_s:
+            continue
+        last = now
+        where, age = client.where(spec.rollout_id) or ("finishing", now - since)
+        bar.write(f"waiting for rollout {spec.rollout_id} (task {spec.task_index}, repeat {spec.repeat_index}): "
+                  f"{where} for {age:.0f} s; it has held the output at {writer.written} rollout(s) for "
+                  f"{now - since:.0f} s, with {writer.buffered} finished one(s) waiting behind it (in "
+                  f"{journal.path})", file=sys.stderr)
 
 
 def _commit_resume(writer: GroupWriter, output: Path, sources: list[Path]) -> None:
@@ -268,13 +326,17 @@ def _commit_resume(writer: GroupWriter, output: Path, sources: list[Path]) -> No
 
 async def _run_rollouts(cfg: CollectConfig, client: GatewayClient, record: RunRecord, output: Path,
                         existing: ExistingRows | None) -> None:
-    writer = _open_writer(cfg, output, existing is not None, utc_stamp())
+    writer, journal = _open_files(cfg, output, existing is not None, utc_stamp())
     means = MeansAccumulator()
     bar = tqdm(total=record.rollouts, desc="Collecting rollouts", file=sys.stderr, dynamic_ncols=True)
     started = time.monotonic()
+    running: dict[int, RolloutSpec] = {}  # seq -> spec, sent and not answered yet (to name what holds the head)
 
     def on_result(spec: RolloutSpec, result: pb.RolloutResult) -> None:
+        running.pop(spec.seq, None)
         built = build_row(spec, result, cfg.agent_name)
+        line = dumps(built.row)
+        journal.append(spec, built.ok, line)  # on disk by the end of this loop iteration, before the writer's
         if built.ok:
             record.succeeded += 1
             means.add(built.added)
@@ -288,13 +350,14 @@ async def _run_rollouts(cfg: CollectConfig, client: GatewayClient, record: RunRe
                 bar.write(f"rollout {spec.rollout_id} (task {spec.task_index}, repeat {spec.repeat_index}) failed: "
                           f"{err['stage']}/{err['kind']}: {err['message']}", file=sys.stderr)
         writer.add(spec.seq, built.row, built.ok,
-                   len(result.response_json) + len(result.output_json) + len(result.verifier_fields_json))
+                   len(result.response_json) + len(result.output_json) + len(result.verifier_fields_json), line=line)
         bar.update(1)
 
     async def admit(spec: RolloutSpec) -> bool:
         await writer.wait_for_room(spec.seq)
         row = existing.take(spec) if existing is not None else None
         if row is None:
+            running[spec.seq] = spec
             return True
         # Reused: it counts towards the means like a fresh one (its added fields are those the task lacks).
         record.succeeded += 1
@@ -324,23 +387,31 @@ async def _run_rollouts(cfg: CollectConfig, client: GatewayClient, record: RunRe
         on_result=on_result,
         admit=admit,
     ))
-    _install_interrupt(task, record, writer)
+    _install_interrupt(task, record, writer, journal)
+    held = asyncio.create_task(_report_held(writer, running, client, journal, bar, held_report_s()))
     try:
         await task
     except asyncio.CancelledError:
         if not record.interrupted:
             raise
     finally:
+        held.cancel()
         _remove_interrupt()
         bar.close()
         complete = not record.interrupted and task.done() and not task.cancelled() and task.exception() is None
+        record.unwritten = writer.buffered
         writer.close(sync=existing is not None and complete)
+        journal.close()
         if existing is not None:
             warn_about(existing)
             if complete:
                 _commit_resume(writer, output, existing.sources)
             elif record.interrupted:
                 _log(f"the resumed rows so far are in {writer.output}; the next +resume=true picks them up")
+        if complete:
+            journal.remove()  # every row is in the output or its sidecar now
+        else:
+            record.journal = str(journal.path)
         record.written = writer.written
         record.reconnects = client.reconnects
         record.duplicates_dropped = client.duplicates_dropped

@@ -119,6 +119,22 @@ class GatewayClient:
         self.max_message_bytes = DEFAULT_GATEWAY_MESSAGE_BYTES
         # The gateways honour CollectRequest.max_running, so rollouts may wait there (from ListAgents).
         self.runs_ahead = False
+        self._run: _Run | None = None
+
+    def where(self, rollout_id: str) -> tuple[str, float] | None:
+        """Where an unanswered rollout of the current ``collect`` is, in words, and the seconds since it was
+        (last) handed to a stream or queued; None when it is not outstanding."""
+        run = self._run
+        if run is None or (entry := run.outstanding.get(rollout_id)) is None:
+            return None
+        age = time.monotonic() - entry[1]
+        for wid, mine in run.on_stream.items():
+            if rollout_id in mine:
+                target = run.targets.get(wid, "?")
+                if run.ahead:
+                    return f"running at the gateway {target} (or waiting there for a free slot)", age
+                return f"running at the gateway {target}", age
+        return "waiting in the collector to be sent (a gateway stream is reconnecting or full)", age
 
     async def __aenter__(self) -> GatewayClient:
         return self
@@ -197,6 +213,7 @@ class GatewayClient:
     ) -> None:
         """Run every spec through the gateway streams; ``on_result`` is called exactly once per spec."""
         run = _Run(self, agent, deadline_s, max_in_flight, on_result)
+        self._run = run
         streams = [endpoint for endpoint in self.endpoints for _ in range(endpoint.streams)]
         workers = [asyncio.create_task(run.worker(endpoint, wid)) for wid, endpoint in enumerate(streams)]
         watchdog = asyncio.create_task(run.watchdog())
@@ -234,6 +251,7 @@ class _Run:
         self.connected = list(range(self.live_workers))
         # What each stream has sent and not had answered (its worker's ``mine``), for the watchdog.
         self.on_stream: dict[int, dict[str, RolloutSpec]] = {}
+        self.targets: dict[int, str] = {}  # worker id -> its gateway's address (for messages)
         self.dead_reason: str | None = None
         self._changed = asyncio.Event()
 
@@ -325,6 +343,7 @@ class _Run:
     # -- one stream worker -------------------------------------------------------------------------------------
     async def worker(self, endpoint: Endpoint, wid: int) -> None:
         stub = pb_grpc.GatewayStub(endpoint.channel)
+        self.targets[wid] = endpoint.target
         down_since: float | None = None
         attempt = 0
         while True:

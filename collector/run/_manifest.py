@@ -66,6 +66,10 @@ class RunRecord:
     written: int = 0  # rollouts accounted for in the output or the sidecar (complete groups)
     reconnects: int = 0
     duplicates_dropped: int = 0
+    # An interrupted or failed run: its completion journal (kept for the resume), and the finished rollouts that
+    # are only there (held behind an unfinished one).
+    journal: str | None = None
+    unwritten: int = 0
 
     def to_json(self) -> dict[str, Any]:
         throughput = (self.succeeded + self.failed) / self.wall_s if self.wall_s > 0 else None
@@ -94,6 +98,8 @@ class RunRecord:
             "wall_s": round(self.wall_s, 3),
             "throughput_rollouts_per_s": round(throughput, 3) if throughput is not None else None,
             "interrupted": self.interrupted,
+            "journal": self.journal,
+            "finished_not_written": self.unwritten,
         }
 
 

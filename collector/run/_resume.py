@@ -1,8 +1,10 @@
 """Resume: reuse the rollouts a previous (killed, interrupted or partly failed) run already wrote.
 
-Sources, each a JSONL file in input order: the output itself, its ``.failures`` sidecar, and the ``*.partial``
-files a killed resume left behind. Each is read lazily; a torn last line (no final newline: the process died in
-the middle of a write) and any unreadable line are skipped, so they are re-run rather than trusted.
+Sources: the output itself, its ``.failures`` sidecar, and the ``*.partial`` files a killed resume left behind
+(each a JSONL file in input order, read lazily), plus the completion journals of interrupted or killed runs
+(``*.journal``, see ``_journal``: the finished rollouts that were still waiting in the reorder buffer, read up
+front and sorted). A torn last line (no final newline: the process died in the middle of a write) and any
+unreadable line are skipped, so they are re-run rather than trusted.
 
 ``ExistingRows.take(spec)`` walks all sources in step with the specs (both in (task, repeat) order, like a merge
 join), so memory does not grow with the output: a row is reused only when its rollout id equals the spec's — a
@@ -25,6 +27,8 @@ from typing import Any
 
 from rollgate.collector._json import loads
 from rollgate.collector._outputs import failures_path
+from rollgate.collector.run._journal import is_journal, journal_paths, read_journal
+from rollgate.collector.run._lines import complete_lines
 from rollgate.collector.run._tasks import RolloutSpec
 
 __all__ = ["ExistingRows", "partial_paths", "read_complete_lines", "resume_sources", "warn_about"]
@@ -40,26 +44,16 @@ class SourceStats:
 
 def read_complete_lines(path: Path, stats: SourceStats) -> Iterator[dict[str, Any]]:
     """Every complete JSON-object line of ``path``; a final line without ``\\n`` is torn and skipped."""
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
-        return
-    with fh:
-        for raw in fh:
-            if not raw.endswith(b"\n"):
-                stats.torn += 1
-                return
-            if not raw.strip():
-                continue
-            try:
-                row = loads(raw)
-            except ValueError:
-                stats.unreadable += 1
-                continue
-            if isinstance(row, dict):
-                yield row
-            else:
-                stats.unreadable += 1
+    for raw in complete_lines(path, stats):
+        try:
+            row = loads(raw)
+        except ValueError:
+            stats.unreadable += 1
+            continue
+        if isinstance(row, dict):
+            yield row
+        else:
+            stats.unreadable += 1
 
 
 def partial_paths(output: Path) -> list[Path]:
@@ -71,7 +65,7 @@ def partial_paths(output: Path) -> list[Path]:
 
 
 def resume_sources(output: Path) -> list[Path]:
-    return [p for p in (output, failures_path(output), *partial_paths(output)) if p.exists()]
+    return [p for p in (output, failures_path(output), *partial_paths(output), *journal_paths(output)) if p.exists()]
 
 
 def _keyed(path: Path, stats: SourceStats) -> Iterator[tuple[_Key, int, dict[str, Any]]]:
@@ -98,7 +92,8 @@ class ExistingRows:
     def __init__(self, sources: list[Path]) -> None:
         self.sources = sources
         self.stats = SourceStats()
-        self._rows = heapq.merge(*(_keyed(p, self.stats) for p in sources), key=lambda item: item[0])
+        self._rows = heapq.merge(*((read_journal if is_journal(p) else _keyed)(p, self.stats) for p in sources),
+                                 key=lambda item: item[0])
         self._head: tuple[_Key, int, dict[str, Any]] | None = next(self._rows, None)
         self.reused = 0
         self.stale = 0  # rows at a spec's position whose id differs (the config changed): re-run

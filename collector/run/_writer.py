@@ -7,7 +7,12 @@ grouping (``i // num_repeats``) stays right. The sidecar is created on its first
 
 Writes are flushed once per event-loop iteration (``call_soon``), not once per group: the results that arrived
 together (one gateway message) cost one flush, and a row is still in the file right after the callbacks that
-completed it. Without a running loop (plain synchronous use) every group is flushed at once.
+completed it. Without a running loop (plain synchronous use) every group is flushed at once. ``flushed`` is the
+position below which every row has reached the OS (the completion journal's watermark, see ``_journal``).
+
+A row may come already serialised (``line``: the bytes the journal holds too), so it is encoded once; then a
+right-sized copy of the bytes waits instead of the row (less memory than the dict), and a member of a failed group
+is parsed back to be marked.
 
 The reorder buffer is bounded twice: ``wait_for_room(seq)`` holds back a rollout until it is within ``window``
 rollouts of the oldest unwritten one, and while the finished rows waiting behind a straggler hold more than
@@ -23,8 +28,9 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
-from rollgate.collector._json import dumps
+from rollgate.collector._json import dumps, loads
 from rollgate.collector._outputs import failures_path
+from rollgate.collector.run._lines import LoopFlush
 
 __all__ = ["GroupWriter"]
 
@@ -41,16 +47,18 @@ class GroupWriter:
         self.num_repeats = num_repeats
         self.window = window
         self.written = 0  # seq of the oldest rollout not yet written
+        self.flushed = 0  # every row below this seq has been pushed to the OS
         self.groups_ok = 0
         self.groups_failed = 0
         self.max_buffered_bytes = max_buffered_bytes
-        self._pending: dict[int, tuple[dict[str, Any], bool]] = {}
+        # seq -> (the row, or its JSON bytes when it came serialised; ok)
+        self._pending: dict[int, tuple[dict[str, Any] | bytes, bool]] = {}
         self._sizes: dict[int, int] = {}
         self._pending_bytes = 0
         self._out: IO[bytes] = open(output, "wb")
         self._side: IO[bytes] | None = None
         self._room = asyncio.Event()
-        self._flush_scheduled = False
+        self._flusher = LoopFlush(self.flush)
 
     @property
     def buffered(self) -> int:
@@ -71,11 +79,21 @@ class GroupWriter:
             self._room.clear()
             await self._room.wait()
 
-    def add(self, seq: int, row: dict[str, Any], ok: bool, size: int = 0) -> None:
-        """Record a finished rollout; ``size`` (bytes, an estimate) counts towards ``max_buffered_bytes``."""
+    def head_missing(self) -> int | None:
+        """The seq of the first unfinished rollout of the head group (what holds the output), None when none."""
+        for seq in range(self.written, self.written + self.num_repeats):
+            if seq not in self._pending:
+                return seq
+        return None
+
+    def add(self, seq: int, row: dict[str, Any], ok: bool, size: int = 0, *, line: bytes | None = None) -> None:
+        """Record a finished rollout; ``size`` (bytes, an estimate) counts towards ``max_buffered_bytes``;
+        ``line``, when given, is ``row`` already serialised (no newline) and is written as it is."""
         if seq < self.written or seq in self._pending:
             raise ValueError(f"rollout #{seq} was already recorded")
-        self._pending[seq] = (row, ok)
+        # A right-sized copy: orjson's bytes keep the capacity they were built in (about 4 KiB for a small row),
+        # which thousands of rows waiting behind a straggler would hold on to.
+        self._pending[seq] = (row if line is None else bytes(memoryview(line)), ok)
         if size:
             self._sizes[seq] = size
             self._pending_bytes += size
@@ -90,11 +108,13 @@ class GroupWriter:
             for r in range(k):
                 self._pending_bytes -= self._sizes.pop(self.written + r, 0)
             if all(ok for _, ok in group):
-                self._out.write(b"".join([dumps(row) + b"\n" for row, _ in group]))
+                self._out.write(b"".join([(row if isinstance(row, bytes) else dumps(row)) + b"\n"
+                                          for row, _ in group]))
                 self.groups_ok += 1
             else:
                 side = self._sidecar()
-                for row, ok in group:
+                for stored, ok in group:
+                    row = loads(stored) if isinstance(stored, bytes) else stored
                     marked = dict(row)
                     marked["_rollout"] = {**row.get("_rollout", {}), "status": "completed" if ok else "failed"}
                     side.write(dumps(marked) + b"\n")
@@ -102,26 +122,15 @@ class GroupWriter:
             self.written += k
             progressed = True
         if progressed:
-            self._schedule_flush()
+            self._flusher.schedule()
             self._room.set()
-
-    def _schedule_flush(self) -> None:
-        if self._flush_scheduled:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop: synchronous use, flush now
-            self.flush()
-            return
-        self._flush_scheduled = True
-        loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Push buffered rows to the OS (a reader or a resume after a kill sees them)."""
-        self._flush_scheduled = False
         for fh in (self._out, self._side):
             if fh is not None and not fh.closed:
                 fh.flush()
+        self.flushed = self.written
 
     def _sidecar(self) -> IO[bytes]:
         if self._side is None:

@@ -309,10 +309,12 @@ def test_empty_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     inp = tmp_path / "t.jsonl"
     inp.write_text("\n")
     with FakeGateway() as gw:
-        assert collect_main(_argv(gw, inp, tmp_path / "o.jsonl")) == 0
+        # A file with no task rows is a mistake to report (issue 14), not a run of nothing that moves the old
+        # output aside.
+        assert collect_main(_argv(gw, inp, tmp_path / "o.jsonl")) == 2
     captured = capsys.readouterr()
-    assert "Found 0 rows!" in captured.err and json.loads(captured.out) == {}
-    assert (tmp_path / "o.jsonl").read_text() == ""
+    assert f"{inp}: no rows" in captured.err and captured.out == ""
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 @pytest.mark.parametrize(("runs_ahead", "parallel"), [(False, 2), (True, 1)])
