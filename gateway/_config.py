@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rollgate.gateway.errors import ConfigError
 
-__all__ = ["AgentConfig", "GatewayConfig", "ModelEndpoint", "RetryConfig", "Timeouts", "config_files", "load_config",
-           "parse_config"]
+__all__ = ["AgentConfig", "GatewayConfig", "HttpLimits", "ModelEndpoint", "RetryConfig", "Timeouts", "config_files",
+           "load_config", "parse_config"]
 
 
 class _Strict(BaseModel):
@@ -42,7 +42,9 @@ class ModelEndpoint(_Strict):
     api_key_env: str | None = None
     """Name of the environment variable holding the API key (never the key itself); sent as a Bearer token."""
     max_concurrency: int = Field(default=256, ge=1)
-    """Ceiling of the in-flight calls per base URL; the live limit halves on 429 and climbs back on success."""
+    """Ceiling of the in-flight calls per base URL; the live limit falls on load-related 429s, climbs on success."""
+    min_concurrency: int = Field(default=1, ge=1)
+    """Floor of the live limit: 429s never take it below this (capped at ``max_concurrency``)."""
     failures_before_cooldown: int = Field(default=3, ge=1)
     """Consecutive connection errors/timeouts/5xx after which a replica sits out a cool-down."""
     cooldown_s: float = Field(default=10.0, ge=0)
@@ -66,13 +68,21 @@ class Timeouts(_Strict):
 
 
 class RetryConfig(_Strict):
-    """Retry budget for transient failures (connection errors, timeouts, 408, 429, 5xx).
+    """How transient failures are retried (connection errors, timeouts, 408, 429, 5xx); see ``_retry``.
 
-        retries = RetryConfig(attempts=5, initial_wait_s=1.0)  # waits 1, 2, 4, 8 s (+ jitter), capped at 10 s
+    Outages and overload (connection failures, 429, 502, 503, 529) are retried until ``budget_s`` is spent; other
+    transient failures (timeouts, 408, 500, 504 …) at most ``attempts`` times. Retries to one target stay within
+    the retry budget (``retry_budget_percent`` of the calls in flight, at least ``min_retry_concurrency``).
+
+        retries = RetryConfig(budget_s=300, initial_wait_s=1.0)  # ride out a 5-minute outage; waits 1, 2, 4 … 10 s
     """
 
+    budget_s: float = Field(default=120.0, ge=0)
+    """Per call: seconds from its first attempt after which an outage or overload (connection failure, 429, 502,
+    503, 529) is no longer retried; a wait that would end past it is not started (0 = never retry those)."""
     attempts: int = Field(default=3, ge=1, le=100)
-    """Calls made at most per step, the first included (1 = no retry)."""
+    """Per call: attempts at most that fail with a timeout, 408 or another 5xx (500, 504 …); 1 = no retry of those.
+    Outage and overload answers do not count here: ``budget_s`` bounds them."""
     initial_wait_s: float = Field(default=0.5, ge=0)
     """Wait before the second attempt; doubles each time."""
     max_wait_s: float = Field(default=10.0, ge=0)
@@ -81,6 +91,11 @@ class RetryConfig(_Strict):
     """Random extra wait in [0, jitter_s], so replicas are not hit in lockstep."""
     retry_after_cap_s: float = Field(default=30.0, ge=0)
     """Longest wait a server's ``Retry-After`` can ask for; the backoff is the floor."""
+    retry_budget_percent: float = Field(default=20.0, ge=0, le=100)
+    """Retry budget (as Envoy's): retries in flight to one target (an agent's model, verifier or tools) at most
+    this percent of all its calls in flight; past it a failed call fails at once instead of retrying."""
+    min_retry_concurrency: int = Field(default=10, ge=0)
+    """Retries in flight always allowed per target, whatever the percent says (the budget's floor)."""
 
 
 class AgentConfig(_Strict):
@@ -108,6 +123,20 @@ class AgentConfig(_Strict):
     """Retry budget for transient model and verifier failures."""
 
 
+class HttpLimits(_Strict):
+    """Limits of the gateway's HTTP client (every model, verifier and tool call), read at start-up.
+
+        http = HttpLimits(max_response_bytes=64 * 2**20, keepalive_expiry_s=2)
+    """
+
+    max_response_bytes: int = Field(default=256 * 2**20, ge=1024)
+    """Largest answer body (after decompression); a bigger one fails its call (kind ``invalid_response``, not
+    retried) as soon as it passes the limit, instead of being buffered whole."""
+    keepalive_expiry_s: float = Field(default=4.0, gt=0)
+    """How long an idle connection is reused when the server does not say; a server's ``Keep-Alive: timeout=N``
+    takes its place (less a margin). Keep it below the servers' idle timeout (uvicorn's default: 5 s)."""
+
+
 class GatewayConfig(_Strict):
     """Everything a gateway serves: agents by name.
 
@@ -117,6 +146,8 @@ class GatewayConfig(_Strict):
 
     agents: dict[str, AgentConfig] = Field(min_length=1)
     """Agent name -> its config."""
+    http: HttpLimits = HttpLimits()
+    """The HTTP client's limits (read at start-up; a reload does not change them)."""
 
 
 def _format(exc: ValidationError, source: str) -> str:

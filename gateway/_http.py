@@ -6,7 +6,9 @@ so ``post`` returns every HTTP answer and raises only when there is no answer: `
 ``HttpClient`` sends plain ``http://`` URLs through the small keep-alive client in ``_http1_client`` (the hot
 path: model servers and verifiers inside a cluster) and ``https://`` ones through aiohttp (TLS, e.g. a hosted
 OpenAI endpoint). ``ROLLGATE_HTTP_CLIENT=aiohttp`` sends everything through aiohttp, should a server and
-``_http1_client`` ever disagree.
+``_http1_client`` ever disagree. Both keep to the config's ``http`` limits (``HttpLimits``): an answer body over
+``max_response_bytes`` fails its call with kind ``invalid_response`` (not retried: the same answer would come
+again).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from rollgate.gateway._http1_client import H1Client, H1Error, H1Timeout, H1Unsendable
+from rollgate.gateway._config import HttpLimits
+from rollgate.gateway._http1_client import H1Client, H1Error, H1Timeout, H1TooLarge, H1Unsendable
 from rollgate.gateway._metrics import safe_url
 from rollgate.gateway.errors import RolloutFailure
 
@@ -45,10 +48,12 @@ class Answer:
 class HttpClient:
     """The gateway's one HTTP client (an async context manager): ``_http1_client`` for http://, aiohttp for https://."""
 
-    def __init__(self, *, plain_via_aiohttp: bool | None = None) -> None:
+    def __init__(self, *, plain_via_aiohttp: bool | None = None, limits: HttpLimits | None = None) -> None:
         if plain_via_aiohttp is None:
             plain_via_aiohttp = os.environ.get("ROLLGATE_HTTP_CLIENT", "").strip().lower() == "aiohttp"
-        self._h1 = None if plain_via_aiohttp else H1Client()
+        self.limits = limits if limits is not None else HttpLimits()
+        self._h1 = None if plain_via_aiohttp else H1Client(
+            max_body_bytes=self.limits.max_response_bytes, keepalive_expiry_s=self.limits.keepalive_expiry_s)
         self._session: aiohttp.ClientSession | None = None
 
     def _aiohttp(self) -> aiohttp.ClientSession:
@@ -56,7 +61,8 @@ class HttpClient:
             # limit=0: aiohttp's default of 100 connections would silently cap in-flight calls.
             # DummyCookieJar: cookies are per rollout (ResourcesSession), never shared through this session.
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), cookie_jar=aiohttp.DummyCookieJar())
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=self.limits.keepalive_expiry_s),
+                cookie_jar=aiohttp.DummyCookieJar())
         return self._session
 
     async def close(self) -> None:
@@ -89,6 +95,9 @@ class HttpClient:
                 raise error(f"POST {shown}: {exc}", kind="invalid_request", url=shown, reached=False) from None
             except H1Timeout:
                 raise error(f"POST {shown}: no answer within {timeout_s:g}s", kind="timeout", url=shown) from None
+            except H1TooLarge as exc:
+                raise error(f"POST {shown}: {exc}", kind="invalid_response", http_status=exc.status,
+                            url=shown) from None
             except H1Error as exc:
                 raise error(f"POST {shown}: {exc}", kind="connection", url=shown, reached=exc.sent) from None
             return Answer(shown, status, hdrs, raw, cookies)
@@ -101,7 +110,7 @@ class HttpClient:
             async with self._aiohttp().post(
                 url, data=data, headers=hdrs, timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as resp:
-                raw = await resp.read()
+                raw = await self._read_capped(resp, shown, error)
                 # Most answers set no cookie; skip building the (http.cookies) jar for them.
                 cookies = ({name: morsel.value for name, morsel in resp.cookies.items()}
                            if "Set-Cookie" in resp.headers else {})
@@ -115,6 +124,25 @@ class HttpClient:
                         reached=False) from None
         except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a header value aiohttp refuses to send
             raise error(f"POST {shown}: {type(exc).__name__}: {exc}", kind="connection", url=shown) from None
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse, shown: str, error: type[RolloutFailure]) -> bytes:
+        """The (decompressed) body, failing as soon as it passes ``max_response_bytes``."""
+        limit = self.limits.max_response_bytes
+        if resp.content_length is not None and resp.content_length > limit and "Content-Encoding" not in resp.headers:
+            raise _too_large_error(error, shown, resp.status, limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise _too_large_error(error, shown, resp.status, limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _too_large_error(error: type[RolloutFailure], shown: str, status: int, limit: int) -> RolloutFailure:
+    return error(f"POST {shown}: HTTP {status}: the answer's body is over the {limit}-byte limit "
+                 "(http.max_response_bytes)", kind="invalid_response", http_status=status, url=shown)
 
 
 def error_text(ans: Answer, limit: int = 500) -> str:

@@ -19,6 +19,7 @@ from rollgate.gateway._config import load_config
 from rollgate.gateway._logging import setup_logging
 from rollgate.gateway._serve import ServeOptions, serve
 from rollgate.gateway._server import Security
+from rollgate.gateway._servicer import MAX_STREAM_ROLLOUTS
 from rollgate.gateway._set import SetArgs, run_set
 from rollgate.gateway.errors import ConfigError
 
@@ -59,6 +60,8 @@ class ServeArgs(BaseModel):
     """Seconds in-flight rollouts get to finish on SIGTERM/SIGINT."""
     max_message_mb: int = Field(default=64, ge=1, le=2047)
     """Largest gRPC message taken or sent, in MiB (a batch of rows or results; one huge row alone)."""
+    max_stream_rollouts: int = Field(default=MAX_STREAM_ROLLOUTS, ge=1, le=1_000_000)
+    """Most rollouts one Collect stream holds at once (running, waiting, unsent); above it the stream stops reading."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log level (JSON lines on stderr)."""
 
@@ -83,7 +86,8 @@ def _serve(args_list: list[str]) -> int:
                         admin_token=os.environ.get(args.admin_token_env) or None,
                         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
     opts = ServeOptions(config_path=args.config, host=args.host, port=args.port, metrics_port=args.metrics_port,
-                        grace_s=args.grace_s, security=security, max_message_bytes=args.max_message_mb * 2**20)
+                        grace_s=args.grace_s, security=security, max_message_bytes=args.max_message_mb * 2**20,
+                        max_stream_rollouts=args.max_stream_rollouts)
     _event_loop_policy()
     try:
         return asyncio.run(serve(config, opts))

@@ -4,6 +4,11 @@
 concurrent rollouts never see each other's state. Then tool calls ``POST /<tool>``, ``POST /verify`` and a
 best-effort ``POST /close_session`` (third-party servers lack it; a 404 there is fine).
 
+A seeded session is always closed, also when the rollout is cancelled (its deadline passed, its collector went
+away): ``close_detached`` sends ``/close_session`` from a task of its own, with a short timeout, so the close
+neither stretches the cancelled rollout nor dies with it. ``wait_detached_closes`` lets those calls finish (or
+time out) before the HTTP client closes. Close failures are logged at debug only: the rollout's fate is decided.
+
 Skipping the session: a rollgate verifier says on every answer whether it needs sessions
 (``X-Rollgate-Session: none|required``). ``SessionHints`` remembers, per verifier URL, what the last answer said;
 ``open(uses_tools=False)`` skips seed (and so close) when it said ``none``: two HTTP calls fewer per rollout. A
@@ -24,6 +29,7 @@ A verifier answer ``{"error": {"kind": "timeout"}}`` (a rollgate verifier's veri
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from dataclasses import dataclass, field
@@ -38,9 +44,22 @@ from rollgate.gateway._retry import call_with_retry, never_reached, not_a_verify
 from rollgate.gateway._verify_batch import BATCH_HEADER, VerifyBatches
 from rollgate.gateway.errors import ToolError, VerifyError
 
-__all__ = ["SESSION_HEADER", "ResourcesSession", "SessionHints", "Verdict"]
+__all__ = ["CLOSE_TIMEOUT_S", "SESSION_HEADER", "ResourcesSession", "SessionHints", "Verdict", "wait_detached_closes"]
 
 log = logging.getLogger("rollgate.gateway.resources")
+
+# A detached /close_session gets this long at most: the rollout is over, and a server that does not answer
+# promptly must not hold tasks (or a shutting-down gateway) for the full verify timeout.
+CLOSE_TIMEOUT_S = 5.0
+# The detached closes still in flight, by the HTTP client they use (a reference keeps each task alive).
+_detached: dict[HttpClient, set[asyncio.Task[None]]] = {}
+
+
+async def wait_detached_closes(http: HttpClient) -> None:
+    """Wait for the detached ``/close_session`` calls on ``http`` (each bounded by ``CLOSE_TIMEOUT_S``)."""
+    tasks = _detached.get(http)
+    while tasks:  # bounded: no new rollout starts on a client that is closing, and each close times out
+        await asyncio.gather(*list(tasks), return_exceptions=True)
 
 
 @dataclass(slots=True)
@@ -119,6 +138,8 @@ class ResourcesSession:
         self._hints = hints
         # True once open() skipped the seed: close() then has nothing to close.
         self.skipped_seed = False
+        # True between a seed that the server answered and the end of a close: a session to close.
+        self.seeded = False
 
     def _headers(self) -> dict[str, str] | None:
         if not self._cookies:
@@ -152,6 +173,7 @@ class ResourcesSession:
 
         _, attempts = await call_with_retry(attempt, self._cfg.retries, target="verifier", metrics=self._metrics)
         self.skipped_seed = False
+        self.seeded = True
         return attempts
 
     async def call_tool(self, name: str, arguments: str) -> str:
@@ -220,15 +242,43 @@ class ResourcesSession:
             # Refused as a batch (404/405/413): alone, and that answer's headers say whether to batch again.
         return await self._post("verify", body, error=VerifyError, timeout_s=self._cfg.timeouts.verify_s)
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float | None = None) -> None:
         """Best-effort ``POST /close_session``: a failure is logged, never the rollout's failure."""
-        if self.skipped_seed:
-            return  # no session was opened
+        if not self.seeded:
+            return  # no session was opened (skipped, or the seed never answered)
         try:
             ans = await self._post("close_session", {}, error=VerifyError,
-                                   timeout_s=self._cfg.timeouts.verify_s)
+                                   timeout_s=self._cfg.timeouts.verify_s if timeout_s is None else timeout_s)
         except VerifyError as exc:
-            log.warning("close_session failed: %s", exc.message)
+            log.debug("close_session failed: %s", exc.message)
             return
+        self.seeded = False
         if ans.status >= 400 and ans.status != 404:
-            log.warning("close_session: HTTP %d: %s", ans.status, error_text(ans))
+            log.debug("close_session: HTTP %d: %s", ans.status, error_text(ans))
+
+    def close_detached(self) -> None:
+        """``close()`` on a task of its own (for a cancelled rollout), within ``CLOSE_TIMEOUT_S``.
+
+        Cancelling the rollout does not cancel this; ``wait_detached_closes`` awaits it before shutdown.
+        """
+        if not self.seeded:
+            return
+        timeout_s = min(CLOSE_TIMEOUT_S, self._cfg.timeouts.verify_s)
+
+        async def close() -> None:
+            try:
+                async with asyncio.timeout(timeout_s + 1.0):  # the HTTP timeout, plus room for a slow connect
+                    await self.close(timeout_s)
+            except Exception as exc:  # noqa: BLE001 (best effort: nothing may escape a detached task)
+                log.debug("close_session failed: %s: %s", type(exc).__name__, exc)
+
+        tasks = _detached.setdefault(self._http, set())
+        task = asyncio.create_task(close())
+        tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            tasks.discard(t)
+            if not tasks and _detached.get(self._http) is tasks:
+                del _detached[self._http]
+
+        task.add_done_callback(done)

@@ -28,6 +28,7 @@ from rollgate.gateway._metrics import GatewayMetrics
 from rollgate.gateway._probes import start_probes
 from rollgate.gateway._reload import ConfigReloader
 from rollgate.gateway._server import MAX_MESSAGE_BYTES, Security, create_server
+from rollgate.gateway._servicer import MAX_STREAM_ROLLOUTS
 
 __all__ = ["ServeOptions", "serve"]
 
@@ -47,6 +48,7 @@ class ServeOptions:
     grace_s: float = 30.0
     security: Security = field(default_factory=Security)
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_stream_rollouts: int = MAX_STREAM_ROLLOUTS
 
 
 def _host_for_url(host: str) -> str:
@@ -80,7 +82,8 @@ async def serve(config: GatewayConfig, opts: ServeOptions, metrics: GatewayMetri
             reloader = ConfigReloader(core, opts.config_path)
             loop.add_signal_handler(signal.SIGHUP, lambda: _spawn_reload(reloader))
             server, bound = await create_server(config, f"{opts.host}:{opts.port}", core=core,
-                                                security=opts.security, max_message_bytes=opts.max_message_bytes)
+                                                security=opts.security, max_message_bytes=opts.max_message_bytes,
+                                                max_stream_rollouts=opts.max_stream_rollouts)
             runner, mport = await _probes(core, opts, ready)
             watcher = asyncio.create_task(reloader.watch(watch_stop))
             try:

@@ -23,7 +23,7 @@ from rollgate.gateway._admin import AdminServicer
 from rollgate.gateway._agent import GatewayCore
 from rollgate.gateway._config import GatewayConfig
 from rollgate.gateway._security import AuthInterceptor, server_credentials
-from rollgate.gateway._servicer import MAX_MESSAGE_BYTES, GatewayServicer
+from rollgate.gateway._servicer import MAX_MESSAGE_BYTES, MAX_STREAM_ROLLOUTS, GatewayServicer
 from rollgate.gateway.errors import ConfigError, InputError, UnknownAgentError
 from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
 from rollgate.protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
@@ -118,11 +118,13 @@ class Security:
 async def create_server(
     config: GatewayConfig, address: str = "127.0.0.1:0", *, core: GatewayCore | None = None,
     security: Security | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES,
+    max_stream_rollouts: int = MAX_STREAM_ROLLOUTS,
 ) -> tuple[grpc.aio.Server, int]:
     """Build, bind and start the gateway's gRPC server; returns it and the bound port.
 
     Pass ``core`` (an entered ``GatewayCore``) to own its lifetime; without it a core is created here and
     closed when the server terminates. ``security`` adds tokens and TLS (mutual TLS with ``tls_client_ca``).
+    ``max_stream_rollouts`` bounds what one Collect stream holds before it stops reading (backpressure).
     """
     sec = security or Security()
     if bool(sec.tls_cert) != bool(sec.tls_key):
@@ -141,7 +143,8 @@ async def create_server(
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(token=sec.token, admin_token=sec.admin_token), ErrorMappingInterceptor()],
         options=options)
-    pb_grpc.add_GatewayServicer_to_server(GatewayServicer(core, max_message_bytes=max_message_bytes), server)
+    servicer = GatewayServicer(core, max_message_bytes=max_message_bytes, max_stream_rollouts=max_stream_rollouts)
+    pb_grpc.add_GatewayServicer_to_server(servicer, server)
     pb_grpc.add_GatewayAdminServicer_to_server(AdminServicer(core), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -2,9 +2,16 @@
 
 ``Collect`` reads requests while rollouts run: one task per rollout (a request message may carry several), each
 result sent as soon as it is done (any order, matched by rollout id). Results that finished together — whatever
-is waiting when the stream writes, up to ``MAX_RESULTS_PER_MESSAGE`` or ``MAX_BATCH_BYTES`` — go out in one
-message; no result ever waits for a batch to fill. A failed rollout is a result like any other, so the stream
-goes on; when the client goes away, the outstanding rollouts are cancelled.
+is waiting when the stream writes, up to ``MAX_RESULTS_PER_MESSAGE``, ``MAX_BATCH_BYTES`` or the message limit,
+whichever comes first — go out in one message; no result ever waits for a batch to fill, and a batch is closed
+*before* a result would take it over the limit. A failed rollout is a result like any other, so the stream goes
+on; when the client goes away, the outstanding rollouts are cancelled. A rollout task that raises (a bug) is a
+failed result too (stage ``gateway``, kind ``exception``), never a stream left waiting for it.
+
+Backpressure: a stream holds at most ``max_stream_rollouts`` rollouts at once (running, waiting for the client's
+``max_running``, or finished and not yet sent). At that mark it stops reading the request stream, so gRPC's flow
+control holds the client back instead of the gateway queueing without end; it reads again as results go out.
+At most that many run at once even when the client asked for none to wait (``max_running`` 0).
 
 Draining (SIGTERM): a stream starts nothing new, sends the results of what it started, then ends with
 UNAVAILABLE so the client resends the rest to another gateway (or ends normally if the client had finished).
@@ -26,8 +33,8 @@ from rollgate.gateway._outcome import RolloutOutcome, RolloutRequest
 from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
 from rollgate.protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
 
-__all__ = ["MAX_BATCH_BYTES", "MAX_MESSAGE_BYTES", "MAX_RESULTS_PER_MESSAGE", "GatewayServicer", "outcome_to_pb",
-           "request_from_pb"]
+__all__ = ["MAX_BATCH_BYTES", "MAX_MESSAGE_BYTES", "MAX_RESULTS_PER_MESSAGE", "MAX_STREAM_ROLLOUTS", "GatewayServicer",
+           "outcome_to_pb", "request_from_pb"]
 
 log = logging.getLogger("rollgate.gateway.servicer")
 _READER_DONE = object()
@@ -38,8 +45,13 @@ MAX_RESULTS_PER_MESSAGE = 64
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 # The default for ``gateway serve --max-message-mb``: the largest message taken or sent.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The default for ``gateway serve --max-stream-rollouts``: twice a large run's share of one stream (the collector
+# sends as many rollouts ahead as it has running), so it bounds memory without slowing such a run.
+MAX_STREAM_ROLLOUTS = 4096
 # Room for the message's own framing around one result.
 _ENVELOPE_BYTES = 1024
+# A result's own framing inside a CollectResponse: its field tag and length varint.
+_RESULT_FRAMING_BYTES = 6
 _OK = pb.ROLLOUT_STATUS_OK
 _FAILED = pb.ROLLOUT_STATUS_FAILED
 
@@ -48,6 +60,7 @@ def request_from_pb(msg: pb.RolloutRequest) -> RolloutRequest:
     return RolloutRequest(
         rollout_id=msg.rollout_id, agent=msg.agent, task_json=msg.task_json, params_json=msg.params_json,
         task_index=msg.task_index, repeat_index=msg.repeat_index, deadline_s=msg.deadline_s,
+        prior_response_json=msg.prior_response_json,
     )
 
 
@@ -102,20 +115,43 @@ def outcome_to_pb(out: RolloutOutcome) -> pb.RolloutResult:
     return result
 
 
+def _internal_failure(rollout_id: str, exc: Exception) -> pb.RolloutResult:
+    """A failed result for a rollout whose task raised (a gateway bug): the stream still answers it."""
+    log.error("rollout %s: unexpected error in the gateway", rollout_id, exc_info=exc)
+    failed = pb.RolloutResult(rollout_id=rollout_id, status=_FAILED)
+    error = failed.error
+    error.stage, error.kind = "gateway", "exception"
+    # The text goes to the user's failures file: enough to report the bug, and bounded.
+    error.message = f"internal error in the gateway: {type(exc).__name__}: {exc}"[:1000]
+    return failed
+
+
 class GatewayServicer(pb_grpc.GatewayServicer):
     """The thin wire layer over ``GatewayCore``."""
 
-    def __init__(self, core: GatewayCore, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, core: GatewayCore, *, max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 max_stream_rollouts: int = MAX_STREAM_ROLLOUTS) -> None:
+        if max_stream_rollouts < 1:
+            raise ValueError(f"max_stream_rollouts must be at least 1, got {max_stream_rollouts}")
         self.core = core
         self.max_message_bytes = max_message_bytes
+        self.max_stream_rollouts = max_stream_rollouts
+        # A result message's body stays under this (the batch is closed before a result would pass it).
+        self._batch_budget = min(MAX_BATCH_BYTES, max_message_bytes - _ENVELOPE_BYTES)
         # Each open Collect stream's waiting rollouts, by id of its deque; the gauge sums them when scraped, so
         # the per-rollout path keeps no count of its own.
         self._waiting: dict[int, deque[pb.RolloutRequest]] = {}
         core.metrics.waiting.set_function(lambda: sum(len(w) for w in self._waiting.values()))
 
     async def _one(self, msg: pb.RolloutRequest) -> tuple[pb.RolloutResult, int]:
-        """The rollout's result and its size in bytes (measured once: the stream batches by it too)."""
-        result = outcome_to_pb(await self.core.run_rollout(request_from_pb(msg)))
+        """The rollout's result and its size in bytes (measured once: the stream batches by it too).
+
+        Never raises but ``CancelledError``: the stream counts on one result per rollout it took.
+        """
+        try:
+            result = outcome_to_pb(await self.core.run_rollout(request_from_pb(msg)))
+        except Exception as exc:  # a bug: one failed rollout, not a stream that waits for it forever
+            result = _internal_failure(msg.rollout_id, exc)
         size = result.ByteSize()
         if size + _ENVELOPE_BYTES > self.max_message_bytes:
             # Sent as it is, it would end the whole stream; as a failed rollout, only this one is lost.
@@ -143,12 +179,17 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         tasks: set[asyncio.Task[None]] = set()
         # Rollouts sent ahead of the client's ``max_running`` wait here, in order, for a running one to end.
         waiting: deque[pb.RolloutRequest] = deque()
-        limit = 0  # the client's latest max_running; 0: no limit
+        cap = self.max_stream_rollouts
+        limit = 0  # the client's latest max_running; 0: no limit of its own
         running = 0
-        pending = 0  # taken and not yet answered: running or waiting
+        pending = 0  # taken and not yet sent back: running, waiting, or finished in ``queue``
+        # Set while the stream holds fewer than ``cap`` rollouts: the reader waits on it before reading more.
+        space = asyncio.Event()
+        space.set()
 
         def room() -> bool:
-            return not draining.is_set() and (limit == 0 or running < limit)
+            # The cap bounds the tasks too: one request message may carry more rollouts than it.
+            return not draining.is_set() and running < (min(limit, cap) if limit else cap)
 
         async def run(msg: pb.RolloutRequest) -> None:
             # The next waiting rollout starts in this same task the moment this one ends: no hop through the
@@ -188,6 +229,11 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                     waiting.extend(req.rollouts)
                     while waiting and room():
                         start(waiting.popleft())
+                    if pending >= cap:
+                        # Full: read nothing more until results have gone out. The unread messages stay in
+                        # gRPC's flow-control window, and the client's writes wait.
+                        space.clear()
+                        await space.wait()
             except Exception as exc:  # the request stream broke: end the call with that error
                 queue.put_nowait(exc)
             queue.put_nowait(_READER_DONE)
@@ -202,11 +248,14 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         drained = False
         dropped = 0  # waiting rollouts a drain gave back unstarted
         self._waiting[id(waiting)] = waiting
+        budget = self._batch_budget
+        carried: object = None  # a result that did not fit the last message: the next one starts with it
         try:
             while reading or pending:
                 if drained and not pending:
                     break
-                item: object = await queue.get()
+                item: object = carried if carried is not None else await queue.get()
+                carried = None
                 batch: list[pb.RolloutResult] = []
                 size = 0
                 failure: Exception | None = None
@@ -226,16 +275,25 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                     else:
                         assert isinstance(item, tuple)
                         result, result_size = item
-                        pending -= 1
+                        cost = result_size + _RESULT_FRAMING_BYTES
+                        if batch and size + cost > budget:
+                            # Sent together they would pass the message limit and end the stream: this one
+                            # opens the next message (alone, ``_one`` made sure it fits).
+                            carried = item
+                            break
                         batch.append(result)
-                        size += result_size
-                        if len(batch) >= MAX_RESULTS_PER_MESSAGE or size >= MAX_BATCH_BYTES:
+                        size += cost
+                        if len(batch) >= MAX_RESULTS_PER_MESSAGE or size >= budget:
                             break
                     if queue.empty():
                         break
                     item = queue.get_nowait()
                 if batch:
                     yield pb.CollectResponse(results=batch)
+                    # Counted as sent only now: until the client has taken them they still hold memory here.
+                    pending -= len(batch)
+                    if pending < cap:
+                        space.set()
                 if failure is not None:
                     raise failure
             if drained and (reading or dropped):

@@ -9,6 +9,7 @@ The answer is driven by the LAST user message (see docs/INTERNALS.md):
 - ``fail_seed: N``       HTTP 400 ``{"error": {"message": "seed rejected"}}`` when the request's seed is N
 - ``sleep: S``           wait S seconds first
 - ``reason: TEXT``       include reasoning (chat: ``reasoning_content``; responses: a reasoning item)
+- ``pad: N``             append a space and N ``x`` characters to the answer text (large results)
 - ``choose: A|B|…``      answer one of the options: with a ``seed``, picked by a hash of (seed, message), so a
                          repeat with another seed may differ yet stays reproducible; without one, at random
 It counts the requests in flight (``in_flight``, peak ``max_in_flight``). Knob
@@ -19,7 +20,10 @@ Token counts are word counts; a ``max_tokens``/``max_output_tokens`` below the a
     async with FakeModelServer(latency_s=0.01) as fake:
         fake.base_url  # http://127.0.0.1:PORT/v1
 
-Also ``python -m tests.fakes.model_server --port P --latency-ms X`` for benchmarks (prints a ready JSON line).
+Knob ``max_concurrent=K`` answers 429 at once to a request arriving while K are being answered (``refused``).
+
+Also ``python -m tests.fakes.model_server --port P --latency-ms X`` for benchmarks (prints a ready JSON line;
+``--max-concurrent K``, ``--fault 429:0.3``).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class Plan:
         self.calls: list[tuple[str, str]] = []
         self.reasoning: str | None = None
         self.sleep_s = 0.0
+        self.pad = 0
         self.fail_seed: int | None = None
         self.choices: list[str] = []
         self.user_text = ""
@@ -102,6 +107,8 @@ def plan_reply(messages: list[dict[str, Any]]) -> Plan:
             plan.fail_seed = int(line.split(":", 1)[1])
         elif line.startswith("sleep: "):
             plan.sleep_s = float(line.split(":", 1)[1])
+        elif line.startswith("pad: "):
+            plan.pad = int(line.split(":", 1)[1])
         elif line.startswith("reason: "):
             plan.reasoning = line[len("reason: "):]
         elif line.startswith("choose: "):
@@ -136,7 +143,12 @@ class FakeModelServer:
         seed: int = 0,
         port: int = 0,
         faults: list[tuple[int, float, str | None]] | None = None,
+        max_concurrent: int | None = None,
     ) -> None:
+        # Admission control: with this many requests being answered, another gets an immediate 429 (``refused``
+        # counts them), as a server with a fixed number of slots would; None = unbounded.
+        self.max_concurrent = max_concurrent
+        self.refused = 0
         self.latency_s = latency_s
         self.fail_status = fail_status
         self.fail_rate = fail_rate
@@ -181,6 +193,10 @@ class FakeModelServer:
 
     @web.middleware
     async def _count_cancelled(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.max_concurrent is not None and self.in_flight >= self.max_concurrent:
+            self.refused += 1
+            self.served[429] += 1
+            return web.json_response({"error": {"message": f"all {self.max_concurrent} slots busy"}}, status=429)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -222,6 +238,8 @@ class FakeModelServer:
                 plan.text = plan.choices[zlib.crc32(f"{seed}:{plan.user_text}".encode()) % len(plan.choices)]
             else:
                 plan.text = self._rng.choice(plan.choices)
+        if plan.pad and plan.text is not None:
+            plan.text += " " + "x" * plan.pad
         if plan.sleep_s:
             await asyncio.sleep(plan.sleep_s)
         if plan.fail_seed is not None and body.get("seed") == plan.fail_seed:
@@ -313,8 +331,9 @@ def latency_distribution(latency_ms: float, dist: str, sigma: float = 1.0) -> fl
     raise ValueError(f"unknown latency distribution {dist!r} (fixed or lognormal)")
 
 
-async def _serve(port: int, latency: float | Callable[[], float]) -> None:
-    async with FakeModelServer(latency_s=latency, port=port) as fake:
+async def _serve(port: int, latency: float | Callable[[], float], max_concurrent: int | None = None,
+                 faults: list[tuple[int, float, str | None]] | None = None) -> None:
+    async with FakeModelServer(latency_s=latency, port=port, max_concurrent=max_concurrent, faults=faults) as fake:
         print(json.dumps({"event": "ready", "service": "fake_model", "url": fake.base_url}), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -330,14 +349,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency-ms", type=float, default=0.0, help="fixed latency, or the median of --latency-dist")
     parser.add_argument("--latency-dist", choices=["fixed", "lognormal"], default="fixed")
+    parser.add_argument("--max-concurrent", type=int, default=None, help="answer 429 at once above this many")
+    parser.add_argument("--fault", action="append", default=[], metavar="STATUS:RATE",
+                        help="answer STATUS to this share of requests, at random (repeatable)")
     args = parser.parse_args(argv)
+    faults: list[tuple[int, float, str | None]] = [(int(f.split(":")[0]), float(f.split(":")[1]), None)
+                                                   for f in args.fault]
     try:  # as a process (benchmarks), the fake runs on uvloop when it can, like the services it stands beside
         import uvloop
         factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     except ImportError:
         factory = asyncio.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(_serve(args.port, latency_distribution(args.latency_ms, args.latency_dist)))
+        runner.run(_serve(args.port, latency_distribution(args.latency_ms, args.latency_dist), args.max_concurrent,
+                          faults))
     return 0
 
 

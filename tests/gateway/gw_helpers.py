@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rollgate.gateway import GatewayConfig, GatewayCore, GatewayMetrics, Security, create_server
 from rollgate.gateway._probes import start_probes
 from rollgate.gateway._server import MAX_MESSAGE_BYTES
+from rollgate.gateway._servicer import MAX_STREAM_ROLLOUTS
 from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
 from rollgate.protos.rollgate.v1 import gateway_pb2_grpc as pb_grpc
 
@@ -65,12 +66,14 @@ class Live:
 @asynccontextmanager
 async def live_gateway(config: GatewayConfig, security: Security | None = None,
                        channel: Callable[[int], grpc.aio.Channel] | None = None,
-                       max_message_bytes: int = MAX_MESSAGE_BYTES) -> AsyncIterator[Live]:
+                       max_message_bytes: int = MAX_MESSAGE_BYTES,
+                       max_stream_rollouts: int = MAX_STREAM_ROLLOUTS) -> AsyncIterator[Live]:
     """A real gRPC gateway and its HTTP metrics port on 127.0.0.1, with a fresh metrics registry."""
     metrics = GatewayMetrics(registry=CollectorRegistry())
     async with GatewayCore(config, metrics=metrics) as core:
         server, port = await create_server(config, "127.0.0.1:0", core=core, security=security,
-                                           max_message_bytes=max_message_bytes)
+                                           max_message_bytes=max_message_bytes,
+                                           max_stream_rollouts=max_stream_rollouts)
         runner, mport = await start_probes(core, "127.0.0.1", 0, ready=lambda: True)
         try:
             ch = channel(port) if channel is not None else grpc.aio.insecure_channel(f"127.0.0.1:{port}")

@@ -17,9 +17,10 @@ import pytest
 import uvloop
 
 import rollgate.gateway._http1_client as h1
+from rollgate.gateway._config import GatewayConfig, parse_config
 from rollgate.gateway._http import HttpClient, parse_object
-from rollgate.gateway._http1_client import H1Client, H1Error, H1Timeout, H1Unsendable
-from rollgate.gateway.errors import ModelError, RolloutFailure
+from rollgate.gateway._http1_client import H1Client, H1Error, H1Timeout, H1TooLarge, H1Unsendable
+from rollgate.gateway.errors import ConfigError, ModelError, RolloutFailure
 
 # One request as the server read it: (request line and headers, body).
 Request = tuple[bytes, bytes]
@@ -348,3 +349,151 @@ def test_http_client_gives_the_same_answer_through_h1_and_aiohttp(loop: str) -> 
                                 headers={"Authorization": "Bearer x\r\n"})
             assert (bad.value.kind, bad.value.reached, bad.value.transient) == ("invalid_request", False, False)
     _run(main, loop)
+
+
+# -- limits (issue 14): body cap, the server's keep-alive timeout, one resend on a stale reused connection --------
+
+def _nth_on_connection() -> Callable[[asyncio.StreamWriter], int]:
+    """How many requests each connection (by its writer) has carried, this one included."""
+    seen: dict[int, int] = {}
+
+    def count(writer: asyncio.StreamWriter) -> int:
+        seen[id(writer)] = seen.get(id(writer), 0) + 1
+        return seen[id(writer)]
+    return count
+
+
+@LOOPS
+def test_a_reused_connection_closed_before_answering_is_resent_once_on_a_fresh_one(loop: str) -> None:
+    nth = _nth_on_connection()
+
+    async def close_on_second(req: Request, writer: asyncio.StreamWriter) -> None:
+        # The server's idle close crossing our second request: it reads it and closes, no byte answered.
+        if nth(writer) == 2:
+            writer.close()
+            return
+        await answer(req[1])(req, writer)
+
+    async def main() -> None:
+        client = H1Client()
+        async with raw_server(close_on_second) as server:
+            assert (await client.post(server.url, b"one", {}, timeout_s=5))[3] == b"one"
+            assert (await client.post(server.url, b"two", {}, timeout_s=5))[3] == b"two"
+            assert server.connections == 2 and [b for _, b in server.requests] == [b"one", b"two", b"two"]
+        await client.close()
+    _run(main, loop)
+
+
+@LOOPS
+def test_no_resend_on_a_fresh_connection_nor_once_an_answer_began(loop: str) -> None:
+    nth = _nth_on_connection()
+
+    async def never(_req: Request, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async def half_on_second(req: Request, writer: asyncio.StreamWriter) -> None:
+        if nth(writer) == 2:
+            writer.write(b"HTTP/1.1 200 OK\r\n")  # an answer began: the request was processed
+            await writer.drain()
+            writer.close()
+            return
+        await answer(b"ok")(req, writer)
+
+    async def main() -> None:
+        client = H1Client()
+        async with raw_server(never) as server:
+            with pytest.raises(H1Error, match="closed the connection before answering") as fresh:
+                await client.post(server.url, b"{}", {}, timeout_s=5)
+            assert fresh.value.sent is True and len(server.requests) == 1
+        async with raw_server(half_on_second) as server:
+            await client.post(server.url, b"{}", {}, timeout_s=5)
+            with pytest.raises(H1Error, match="in the middle of its answer"):
+                await client.post(server.url, b"{}", {}, timeout_s=5)
+            assert len(server.requests) == 2
+        await client.close()
+    _run(main, loop)
+
+
+@LOOPS
+def test_the_servers_keep_alive_timeout_replaces_the_default_expiry(loop: str) -> None:
+    async def main() -> None:
+        # The server keeps idle connections 1 s (we reuse for 0.5 s), though our own default would be a minute.
+        client = H1Client(keepalive_expiry_s=60)
+        async with raw_server(answer(b"ok", extra=b"Keep-Alive: timeout=1, max=100\r\n")) as server:
+            await client.post(server.url, b"{}", {}, timeout_s=5)
+            await client.post(server.url, b"{}", {}, timeout_s=5)
+            assert server.connections == 1
+            await asyncio.sleep(0.7)
+            await client.post(server.url, b"{}", {}, timeout_s=5)
+            assert server.connections == 2
+        await client.close()
+        # And a server that keeps them a minute lets a connection idle past our 0.1 s default be reused.
+        client = H1Client(keepalive_expiry_s=0.1)
+        async with raw_server(answer(b"ok", extra=b"Keep-Alive: timeout=60\r\n")) as server:
+            await client.post(server.url, b"{}", {}, timeout_s=5)
+            await asyncio.sleep(0.3)
+            await client.post(server.url, b"{}", {}, timeout_s=5)
+            assert server.connections == 1
+        async with raw_server(answer(b"ok")) as server:  # no header: the configured 0.1 s
+            await client.post(server.url, b"{}", {}, timeout_s=5)
+            await asyncio.sleep(0.3)
+            await client.post(server.url, b"{}", {}, timeout_s=5)
+            assert server.connections == 2
+        await client.close()
+    _run(main, loop)
+
+
+@LOOPS
+def test_a_body_over_the_cap_fails_at_once_and_the_client_goes_on(loop: str) -> None:
+    big = b"x" * 5000
+
+    async def chunked(_req: Request, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(10):
+            writer.write(b"1f4\r\n" + b"y" * 500 + b"\r\n")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def until_close(_req: Request, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\n" + big)
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        client = H1Client(max_body_bytes=1000)
+        cases = [answer(big), chunked, until_close, answer(gzip.compress(big), extra=b"Content-Encoding: gzip\r\n")]
+        for script in cases:
+            async with raw_server(script) as server:
+                with pytest.raises(H1TooLarge, match="over the 1000-byte limit") as too_large:
+                    await client.post(server.url, b"{}", {}, timeout_s=5)
+                assert too_large.value.status == 200
+        async with raw_server(answer(b"x" * 1000)) as server:  # at the cap: fine, and the client goes on
+            for _ in range(2):
+                assert len((await client.post(server.url, b"{}", {}, timeout_s=5))[3]) == 1000
+        await client.close()
+    _run(main, loop)
+
+
+@LOOPS
+def test_http_limits_from_the_config_reach_both_clients(loop: str) -> None:
+    async def main() -> None:
+        limits = GatewayConfig.model_validate(
+            {"agents": {"a": {"model": {"base_urls": ["http://m/v1"], "name": "m"}, "verifier_url": "http://v"}},
+             "http": {"max_response_bytes": 2048, "keepalive_expiry_s": 1.5}}).http
+        async with raw_server(answer(b'{"a": "' + b"x" * 4000 + b'"}')) as server:
+            for via_aiohttp in (False, True):
+                async with HttpClient(plain_via_aiohttp=via_aiohttp, limits=limits) as http:
+                    with pytest.raises(RolloutFailure, match="over the 2048-byte limit") as too_large:
+                        await http.post(server.url + "/v1/x", {}, error=ModelError, timeout_s=5)
+                    failure = too_large.value
+                    assert (failure.kind, failure.http_status, failure.transient) == ("invalid_response", 200, False)
+    _run(main, loop)
+
+
+def test_http_limits_are_validated_with_the_key_named() -> None:
+    agents = {"a": {"model": {"base_urls": ["http://m/v1"], "name": "m"}, "verifier_url": "http://v"}}
+    assert parse_config({"agents": agents}).http.max_response_bytes == 256 * 2**20
+    with pytest.raises(ConfigError, match="http.max_response_bytes"):
+        parse_config({"agents": agents, "http": {"max_response_bytes": 10}})
+    with pytest.raises(ConfigError, match="http.keepalive_s"):
+        parse_config({"agents": agents, "http": {"keepalive_s": 3}})
