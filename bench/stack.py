@@ -150,6 +150,8 @@ def write_tasks(path: Path, n: int, *, tools: int = 0) -> None:
             lines = [f"Question {i}", f"say: A{i}"]
             lines += [f'tool: whoami {{"i": {k}}}' for k in range(tools)]
             row: dict[str, Any] = {"responses_create_params": {"input": "\n".join(lines)}, "expected_answer": f"A{i}"}
+            if tools:  # the gateway calls only the tools a request declares
+                row["responses_create_params"]["tools"] = [{"type": "function", "name": "whoami", "parameters": {}}]
             f.write(json.dumps(row) + "\n")
 
 

@@ -10,6 +10,19 @@ Design choice: a tool the server does not know (404) or that answers an error (e
 failure: its output is ``{"error": "..."}`` so the model can react, as it would to any tool result. Only an
 unreachable resources server fails the rollout (stage ``tool``).
 
+Re-verify, never regenerate: a request with ``prior_response_json`` (a resume's stored response of a rollout whose
+verify failed) skips the model loop: the session is seeded, that response verified as it is, and the session
+closed; the result carries it as the response (no model attempts). Only where that is safe: a ``single_turn``
+agent, a trajectory in which no tool ran, or a verifier that said it needs no session. Tools that ran in the first
+run's session may have left state there that a stateful server's ``/verify`` reads and a fresh session lacks, so
+such a rollout runs again from the start instead.
+
+Only declared tools run: a call is sent to ``POST /<name>`` only when the request's ``tools`` declared a function
+of that name, the name is a plain identifier (``[A-Za-z0-9_-]``, at most 64 characters, as OpenAI allows), and it is
+not one of the server's protocol routes (``PROTOCOL_ROUTES``: ``seed_session``, ``verify``, ``close_session`` …).
+Anything else (a hallucinated name, ``../x``, ``a?b``) never reaches the server: the model gets an
+``unknown tool`` output, as for a 404, and the rollout goes on.
+
     async with GatewayCore(config) as core:
         outcome = await core.run_rollout(RolloutRequest.from_dicts("r1", "my_agent", task))
 """
@@ -20,6 +33,7 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Self
@@ -34,11 +48,12 @@ from rollgate.gateway._logging import rollout_id_var
 from rollgate.gateway._metrics import GatewayMetrics
 from rollgate.gateway._model_client import ModelClient
 from rollgate.gateway._outcome import RolloutErrorInfo, RolloutOutcome, RolloutRequest
-from rollgate.gateway._resources import ResourcesSession, SessionHints
+from rollgate.gateway._resources import ResourcesSession, SessionHints, wait_detached_closes
+from rollgate.gateway._retry import RetryBudgets, RetryScope, retry_scope_var
 from rollgate.gateway._verify_batch import VerifyBatches
 from rollgate.gateway.errors import ConfigError, InputError, RolloutFailure, UnknownAgentError
 
-__all__ = ["GatewayCore", "Route"]
+__all__ = ["PROTOCOL_ROUTES", "GatewayCore", "Route", "callable_tools"]
 
 log = logging.getLogger("rollgate.gateway.agent")
 
@@ -55,6 +70,40 @@ def _sum_usage(total: dict[str, Any], usage: Any) -> None:
             _sum_usage(total.setdefault(key, {}), value)
 
 
+# The resources server's own routes (NeMo Gym's and rollgate's): never a tool, whatever the request declared.
+PROTOCOL_ROUTES = frozenset({"seed_session", "verify", "close_session", "aggregate_metrics", "verify_batch",
+                             "healthz", "readyz", "metrics", "docs", "redoc", "openapi.json"})
+# A function name as OpenAI accepts it; nothing that could change the path (``/``, ``.``, ``?``, ``%``, ``#``).
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def callable_tools(tools: Any) -> frozenset[str]:
+    """The names a rollout may call on the resources server: the functions its ``tools`` declared (Responses or
+    Chat Completions shape), less any name that is not a plain identifier or is a protocol route."""
+    names: set[str] = set()
+    for tool in tools if isinstance(tools, list) else ():
+        if not isinstance(tool, dict):
+            continue
+        fn = tool.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else tool.get("name")
+        if isinstance(name, str) and _TOOL_NAME.fullmatch(name) and name not in PROTOCOL_ROUTES:
+            names.add(name)
+    return frozenset(names)
+
+
+def _rescorable(agent: AgentConfig, prior: dict[str, Any], sessionless: bool) -> bool:
+    """May a stored response be verified again, in a fresh session, as it stands? (See the module docstring.)"""
+    if agent.kind == "single_turn" or sessionless:
+        return True
+    return not any(isinstance(i, dict) and i.get("type") == "function_call_output" for i in prior["output"])
+
+
+def _unanswered_calls(output: list[dict[str, Any]]) -> bool:
+    """Does the trajectory end with function calls nobody answered (a tool loop cut at ``max_steps``)?"""
+    answered = {i.get("call_id") for i in output if i.get("type") == "function_call_output"}
+    return any(i.get("type") == "function_call" and i.get("call_id") not in answered for i in output)
+
+
 def _parse_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
@@ -69,11 +118,13 @@ def _parse_object(raw: bytes, what: str) -> dict[str, Any]:
 class _Run:
     """The mutable state of one rollout while it runs."""
 
-    def __init__(self, outcome: RolloutOutcome) -> None:
+    def __init__(self, outcome: RolloutOutcome, scope: RetryScope) -> None:
         self.outcome = outcome
         self.usage: dict[str, Any] = {}
         self.last: dict[str, Any] | None = None
         self.stage = "input"
+        # The attempts of its latest call (model, tool or verifier), kept by the retry policy as they are made.
+        self.scope = scope
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +175,8 @@ class GatewayCore:
         # /verify of sessionless rollouts in batches (rollgate verifiers); ROLLGATE_VERIFY_BATCH=off sends each alone.
         self.verify_batches: VerifyBatches | None = None
         self._pool = BackendPool(self.metrics)
+        # Per agent and target: retries in flight against calls in flight (the retry budget); kept across swaps.
+        self.retry_budgets = RetryBudgets(self.metrics)
         # What each verifier URL last said about sessions; kept across route swaps, like the backend pool.
         self.session_hints = SessionHints()
         self._routes: dict[str, Route] = {}
@@ -141,7 +194,7 @@ class GatewayCore:
         return self._config
 
     async def start(self) -> None:
-        self._http = HttpClient()
+        self._http = HttpClient(limits=self._config.http)
         if os.environ.get("ROLLGATE_VERIFY_BATCH", "on").strip().lower() not in ("0", "off", "false", "no"):
             self.verify_batches = VerifyBatches(self._http, self.metrics)
         try:
@@ -198,6 +251,7 @@ class GatewayCore:
         if self.verify_batches is not None:
             await self.verify_batches.aclose()
         if self._http is not None:
+            await wait_detached_closes(self._http)  # cancelled rollouts' /close_session calls (each bounded)
             await self._http.close()
             self._http = None
 
@@ -230,10 +284,11 @@ class GatewayCore:
         """Run one rollout to its outcome; failures are returned, not raised."""
         start = time.perf_counter()
         ctx_token = rollout_id_var.set(request.rollout_id)
-        run = _Run(RolloutOutcome(request.rollout_id))
-        out = run.outcome
         route = self._routes.get(request.agent)  # the route this rollout keeps, whatever swaps come
         label = request.agent if route is not None else "unknown"
+        run = _Run(RolloutOutcome(request.rollout_id), RetryScope(self.retry_budgets, label))
+        scope_token = retry_scope_var.set(run.scope)
+        out = run.outcome
         token = next(self._tokens)
         self.in_flight += 1
         self._idle.clear()
@@ -246,6 +301,7 @@ class GatewayCore:
             if self.in_flight == 0:
                 self._idle.set()
             self.metrics.rollout_done(token, label, out)
+            retry_scope_var.reset(scope_token)
             rollout_id_var.reset(ctx_token)
         return out
 
@@ -263,9 +319,12 @@ class GatewayCore:
                 async with asyncio.timeout(deadline):
                     await self._run(request, route, run)
             except TimeoutError:
+                # The attempts of the call the deadline cut short (the model's, a tool's or the verifier's).
+                attempts = run.scope.attempts or out.attempts
                 raise RolloutFailure(f"rollout did not finish within its {deadline:g}s deadline "
-                                     f"(it was in the {run.stage} stage)",
-                                     stage="rollout", kind="timeout", attempts=out.attempts) from None
+                                     f"(it was in the {run.stage} stage, after {attempts} attempt(s) of its "
+                                     f"latest call)",
+                                     stage="rollout", kind="timeout", attempts=attempts) from None
         except RolloutFailure as exc:
             out.error = RolloutErrorInfo(exc.stage, exc.kind, exc.message, exc.http_status, exc.attempts)
         except Exception as exc:  # a bug or an unforeseen library error: still one failed rollout, not a crash
@@ -293,18 +352,24 @@ class GatewayCore:
         except ValueError as exc:
             raise InputError(f"responses_create_params: {exc}", kind="invalid_request", attempts=0) from None
         out.params = params
+        prior = self._prior_response(request, agent)
         resources = ResourcesSession(self.http, agent.verifier_url, agent, metrics=self.metrics,
                                      token=route.verifier_token, hints=self.session_hints,
                                      batches=self.verify_batches)
         run.stage = "verify"
         t0 = time.perf_counter()
         # Only a tool-calling rollout that offers the model tools will call the server's tools.
-        await resources.open(uses_tools=agent.kind == "tool_calling" and bool(params.get("tools")))
+        await resources.open(uses_tools=prior is None and agent.kind == "tool_calling" and bool(params.get("tools")))
         out.timings.verify_s += time.perf_counter() - t0
         try:
-            await self._loop(route, params, conversation, resources, run)
-            assert run.last is not None
-            response = {**run.last, "output": out.output, "usage": run.usage}
+            if prior is None:
+                await self._loop(route, params, conversation, resources, run)
+                assert run.last is not None
+                response = {**run.last, "output": out.output, "usage": run.usage}
+            else:  # re-verify the stored response: the model is not called
+                out.output = [i for i in prior["output"] if isinstance(i, dict)]
+                out.truncated = agent.kind == "tool_calling" and _unanswered_calls(out.output)
+                response = {**prior, "output": out.output}
             out.response = response
             out.model = str(response.get("model") or agent.model.name)
             body = {k: v for k, v in task.items() if k != "responses_create_params"}
@@ -320,17 +385,36 @@ class GatewayCore:
             out.verifier_fields = verdict.fields
             out.verifier_version = verdict.version
         except asyncio.CancelledError:
-            # Deadline passed or the client left: no best-effort call may stretch the rollout further.
+            # Deadline passed or the client left: the session is still closed, but from a task of its own (short
+            # timeout), so the close neither stretches the rollout nor is cancelled with it.
+            resources.close_detached()
             raise
         except BaseException:
             await self._close(resources, out)
             raise
         await self._close(resources, out)
 
+    def _prior_response(self, request: RolloutRequest, agent: AgentConfig) -> dict[str, Any] | None:
+        """The stored response to re-verify, or None: none was sent, or re-scoring it would not be safe."""
+        if not request.prior_response_json:
+            return None
+        prior = _parse_object(request.prior_response_json, "prior_response_json")
+        if not isinstance(prior.get("output"), list):
+            raise InputError("prior_response_json has no 'output' list", kind="invalid_request", attempts=0)
+        if not _rescorable(agent, prior, self.session_hints.sessionless(agent.verifier_url.rstrip("/"))):
+            log.info("the stored response ran tools in a session that a fresh one cannot reproduce: "
+                     "running the rollout again instead of re-verifying it")
+            return None
+        return prior
+
     @staticmethod
     async def _close(resources: ResourcesSession, out: RolloutOutcome) -> None:
         t0 = time.perf_counter()
-        await resources.close()
+        try:
+            await resources.close()
+        except asyncio.CancelledError:
+            resources.close_detached()  # cancelled mid-close: the session may still be open
+            raise
         out.timings.verify_s += time.perf_counter() - t0
 
     async def _call_model(self, route: Route, params: dict[str, Any], run: _Run) -> dict[str, Any]:
@@ -341,6 +425,9 @@ class GatewayCore:
             response, attempts = await route.model.create(params)
         except RolloutFailure as exc:
             out.attempts += exc.attempts
+            raise
+        except asyncio.CancelledError:  # the deadline (or the client) cut the call short: its attempts still count
+            out.attempts += run.scope.attempts
             raise
         finally:
             out.timings.model_s += time.perf_counter() - t0
@@ -356,6 +443,7 @@ class GatewayCore:
                     conversation: list[dict[str, Any]], resources: ResourcesSession, run: _Run) -> None:
         out = run.outcome
         agent = route.cfg
+        allowed = callable_tools(params.get("tools"))
         response = await self._call_model(route, params, run)
         for step in range(1, agent.max_steps + 1):
             items = [i for i in response["output"] if isinstance(i, dict)]
@@ -370,7 +458,7 @@ class GatewayCore:
             run.stage = "tool"
             t0 = time.perf_counter()
             try:
-                results = await _run_tools(resources, calls)
+                results = await _run_tools(resources, calls, allowed)
             finally:
                 out.timings.tool_s += time.perf_counter() - t0
             out.output.extend(
@@ -380,15 +468,31 @@ class GatewayCore:
             response = await self._call_model(route, {**params, "input": conversation + out.output}, run)
 
 
-async def _run_tools(resources: ResourcesSession, calls: list[dict[str, Any]]) -> list[str]:
-    """Run the calls concurrently; if one cannot reach the server, cancel the others and raise its failure."""
+def _unknown_tool(name: str, allowed: frozenset[str]) -> str:
+    declared = ", ".join(sorted(allowed)) or "none"
+    return orjson.dumps({"error": f"unknown tool {name!r} (the request declared: {declared})"}).decode()
+
+
+async def _run_tools(resources: ResourcesSession, calls: list[dict[str, Any]], allowed: frozenset[str]) -> list[str]:
+    """Run the calls concurrently; if one cannot reach the server, cancel the others and raise its failure.
+
+    A call to a name outside ``allowed`` is answered here, as unknown, and never sent."""
+    results: list[str] = []
+    sent: dict[int, asyncio.Task[str]] = {}
     try:
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(resources.call_tool(str(c.get("name")), str(c.get("arguments") or "{}")))
-                     for c in calls]
+            for i, call in enumerate(calls):
+                name = call.get("name")
+                if isinstance(name, str) and name in allowed:
+                    sent[i] = tg.create_task(resources.call_tool(name, str(call.get("arguments") or "{}")))
+                    results.append("")
+                else:
+                    results.append(_unknown_tool(str(name), allowed))
     except BaseExceptionGroup as group:
         first: BaseException = group
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
         raise first from None
-    return [t.result() for t in tasks]
+    for i, task in sent.items():
+        results[i] = task.result()
+    return results

@@ -67,6 +67,13 @@ class GatewayMetrics:
                             "Model calls waiting for a backend concurrency slot.", ["backend"], registry=r)
         self.retries = Counter("rollgate_gateway_retries", "Retried calls by target (model/verifier/tool) and cause.",
                                ["target", "cause"], registry=r)
+        self.retry_budget_exhausted = Counter(
+            "rollgate_gateway_retry_budget_exhausted",
+            "Failed calls given no further attempt because the target's retry budget was spent, by agent and target.",
+            ["agent", "target"], registry=r)
+        self.retries_in_flight = Gauge("rollgate_gateway_retries_in_flight",
+                                       "Retried calls on the wire now, by agent and target.", ["agent", "target"],
+                                       registry=r)
         self.tokens = Counter("rollgate_gateway_model_tokens", "Model tokens by agent and direction (input/output).",
                               ["agent", "direction"], registry=r)
         self.reward = Histogram("rollgate_gateway_reward", "Rewards of successful rollouts.", ["agent"],

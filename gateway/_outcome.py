@@ -29,6 +29,8 @@ class RolloutRequest:
     task_index: int = 0
     repeat_index: int = 0
     deadline_s: float = 0.0
+    # A response kept from an earlier run whose verify failed: re-verify it instead of calling the model.
+    prior_response_json: bytes = b""
 
     @classmethod
     def from_dicts(cls, rollout_id: str, agent: str, task: dict[str, Any],

@@ -1,12 +1,39 @@
 """The one retry policy of the gateway (tenacity): transient failures only, exponential backoff with jitter.
 
-Every retried call in the gateway goes through ``call_with_retry``, so ``Retry-After``, replica rotation and
-metrics have one place to land. Retry-on set: connection errors, timeouts, 408, 429, 5xx; a plain 4xx gives up at
-once. A verifier's own ``timeout`` answer (its verify ran past the verifier's time limit) is not retried either
-(``not_a_verify_timeout``): the same answer would hold another worker for as long again. A server's
-``Retry-After`` is honoured (never waiting less than the backoff), capped by
-``retry_after_cap_s`` so a misbehaving server cannot park a rollout. Each retry is counted (target, cause) and
-logged once with its cause.
+Every retried call in the gateway goes through ``call_with_retry``, so ``Retry-After``, replica rotation, budgets
+and metrics have one place to land. Retry-on set: connection errors, timeouts, 408, 429, 5xx; a plain 4xx gives
+up at once. A verifier's own ``timeout`` answer (its verify ran past the verifier's time limit) is not retried
+either (``not_a_verify_timeout``): the same answer would hold another worker for as long again.
+
+How long a call keeps trying (``RetryConfig``, an agent's ``retries``), by what failed:
+
+- **Outage or overload** (``rides_out``): a connection failure (refused while a verifier restarts, reset, DNS),
+  429, 502, 503 or 529. Retried until ``budget_s`` (default 120 s) from the call's first attempt is spent: a wait
+  that would end past it is not started, and the call fails naming the budget. These say "not now", not "never":
+  a rate-limit storm, a model server or verifier that restarts, a proxy in front of one that is starting. A count
+  would give up after a few seconds of backoff, long before such an outage ends; a time budget rides it out and
+  still ends a call to a backend that is gone for good (the rollout deadline bounds everything as well).
+- **Anything else transient** (a timeout, 408, 500, 504, another 5xx): at most ``attempts`` (default 3) attempts
+  that failed this way. Such a failure may be the request itself (a prompt that crashes the server, a
+  generation that always runs past ``timeouts.model_s``), so a few tries are what users expect, and a timeout
+  retried until a time budget would cost many ``model_s`` per rollout.
+
+Waits: ``initial_wait_s`` doubling to ``max_wait_s``, plus up to ``jitter_s``. A server's ``Retry-After`` is
+honoured (never waiting less than the backoff), capped by ``retry_after_cap_s`` so a misbehaving server cannot
+park a rollout. Each retry is logged with its cause and wait when decided, and counted (target, cause) when sent.
+
+**Retry budget** (as Envoy's ``retry_budget``), per target (an agent's ``model``, ``verifier`` or ``tool``
+calls): retries on the wire at most ``retry_budget_percent`` (20) of all that target's calls on the wire, and
+never fewer than ``min_retry_concurrency`` (10) allowed. It is checked just before a retry is sent; when spent,
+the call fails at once with its last error and a note naming the budget, counted on
+``rollgate_gateway_retry_budget_exhausted_total`` and logged at most once a minute per target. Retries after a
+connection failure count towards it but are never refused by it: the failed attempt cost the server nothing, and
+a server that restarts is the outage to ride out (``budget_s`` bounds those). So a backend that answers slowly
+*and* fails (the overload that retries make worse) is not hit by a retry storm, while fast failures and outages
+are ridden out.
+
+Every call's attempts so far are kept in the rollout's ``RetryScope`` (a context variable set by the core), so a
+rollout deadline that cuts a call short still reports the attempts it made.
 
     result, attempts = await call_with_retry(lambda n: post(...), cfg.retries, target="model", metrics=m)
 """
@@ -15,26 +42,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
+import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, retry_if_exception, stop_never
 
 from rollgate.gateway._config import RetryConfig
 from rollgate.gateway._metrics import GatewayMetrics, safe_url
 from rollgate.gateway.errors import RolloutFailure
 
-__all__ = ["call_with_retry", "is_transient", "make_retrying", "never_reached", "not_a_verify_timeout",
-           "retry_wait_s"]
+__all__ = ["OVERLOAD_STATUSES", "RetryBudget", "RetryBudgets", "RetryScope", "call_with_retry", "is_transient",
+           "make_retrying", "never_reached", "not_a_verify_timeout", "retry_scope_var", "retry_wait_s", "rides_out"]
 
 T = TypeVar("T")
 log = logging.getLogger("rollgate.gateway.retry")
+
+# "Not now" answers: rate limited, a proxy whose backend is down or starting, unavailable, overloaded (Anthropic).
+OVERLOAD_STATUSES = frozenset({429, 502, 503, 529})
+# A spent retry budget is logged at most this often per target (each refusal is counted on the metric).
+BUDGET_LOG_EVERY_S = 60.0
 
 
 def is_transient(exc: BaseException) -> bool:
     """Retry-on set: connection errors, timeouts, 408, 429, 5xx. Anything else (a plain 4xx) gives up."""
     return isinstance(exc, RolloutFailure) and exc.transient
+
+
+def rides_out(exc: BaseException) -> bool:
+    """An outage or overload: retried until ``budget_s`` is spent, not counted against ``attempts``."""
+    if not isinstance(exc, RolloutFailure):
+        return False
+    return exc.kind == "connection" or (exc.kind == "http_error" and exc.http_status in OVERLOAD_STATUSES)
 
 
 def never_reached(exc: BaseException) -> bool:
@@ -53,7 +96,8 @@ def not_a_verify_timeout(exc: BaseException) -> bool:
 def retry_wait_s(policy: RetryConfig, attempt: int, exc: BaseException | None, rng: random.Random | None = None,
                  ) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-    backoff = float(min(policy.max_wait_s, policy.initial_wait_s * 2.0 ** (attempt - 1)))
+    # The exponent is capped: a call riding out a long outage makes hundreds of attempts, and 2.0 ** 1024 overflows.
+    backoff = float(min(policy.max_wait_s, policy.initial_wait_s * 2.0 ** min(attempt - 1, 60)))
     backoff += (rng.uniform if rng is not None else random.uniform)(0.0, policy.jitter_s)
     asked = exc.retry_after if isinstance(exc, RolloutFailure) else None
     if asked is not None:
@@ -61,36 +105,176 @@ def retry_wait_s(policy: RetryConfig, attempt: int, exc: BaseException | None, r
     return backoff
 
 
-def _note_retry(target: str, metrics: GatewayMetrics | None, exc: BaseException | None, attempt: int,
-                wait_s: float) -> None:
-    cause = exc.retry_cause if isinstance(exc, RolloutFailure) else "other"
-    if metrics is not None:
-        metrics.retry(target, cause)
-    url = safe_url(exc.url) if isinstance(exc, RolloutFailure) and exc.url else ""
+class RetryBudget:
+    """One target's calls and retries on the wire (an agent's model, verifier or tool calls)."""
+
+    __slots__ = ("active", "agent", "gauge", "logged_at", "refused", "retrying", "target", "unlogged")
+
+    def __init__(self, agent: str, target: str, gauge: Any = None) -> None:
+        self.agent = agent
+        self.target = target
+        self.active = 0  # attempts on the wire, first attempts and retries
+        self.retrying = 0  # of which retries
+        self.refused = 0
+        self.unlogged = 0
+        self.logged_at = -math.inf
+        self.gauge = gauge
+
+    def admits(self, policy: RetryConfig) -> bool:
+        """May one more retry go on the wire now?"""
+        allowed = max(float(policy.min_retry_concurrency), policy.retry_budget_percent / 100.0 * (self.active + 1))
+        return self.retrying + 1 <= allowed
+
+    def describe(self, policy: RetryConfig) -> str:
+        return (f"the retry budget of agent {self.agent!r}'s {self.target} calls is spent ({self.retrying} "
+                f"retries in flight of {self.active} calls; retries.retry_budget_percent="
+                f"{policy.retry_budget_percent:g}, retries.min_retry_concurrency={policy.min_retry_concurrency})")
+
+
+class RetryBudgets:
+    """Every target's retry budget in one gateway; kept across route swaps, like the backend pool.
+
+        budgets = RetryBudgets(metrics)
+        token = retry_scope_var.set(RetryScope(budgets, "my_agent"))  # the core does this per rollout
+    """
+
+    def __init__(self, metrics: GatewayMetrics | None = None) -> None:
+        self._metrics = metrics
+        self._budgets: dict[tuple[str, str], RetryBudget] = {}
+
+    def get(self, agent: str, target: str) -> RetryBudget:
+        budget = self._budgets.get((agent, target))
+        if budget is None:
+            gauge = self._metrics.child(self._metrics.retries_in_flight, agent, target) if self._metrics else None
+            budget = self._budgets[(agent, target)] = RetryBudget(agent, target, gauge)
+        return budget
+
+    def refuse(self, budget: RetryBudget, policy: RetryConfig) -> str:
+        """Count (and now and then log) one retry the budget refused; return the note for the call's error."""
+        note = budget.describe(policy)
+        budget.refused += 1
+        budget.unlogged += 1
+        if self._metrics is not None:
+            self._metrics.child(self._metrics.retry_budget_exhausted, budget.agent, budget.target).inc()
+        now = time.monotonic()
+        if now - budget.logged_at >= BUDGET_LOG_EVERY_S:
+            log.warning("%s: failed calls fail at once instead of retrying (%d refused since the last message; "
+                        "logged at most once a minute)", note, budget.unlogged,
+                        extra={"agent": budget.agent, "target": budget.target, "refused": budget.unlogged})
+            budget.logged_at = now
+            budget.unlogged = 0
+        return f"not retried: {note}"
+
+
+@dataclass(slots=True)
+class RetryScope:
+    """One rollout's view of the retry machinery: the gateway's budgets, its agent, and the attempts of its
+    latest call (so a deadline that cuts the call short can report them)."""
+
+    budgets: RetryBudgets
+    agent: str
+    attempts: int = 0
+
+
+retry_scope_var: ContextVar[RetryScope | None] = ContextVar("rollgate_retry_scope", default=None)
+
+
+def _note_retry(target: str, exc: RolloutFailure, attempt: int, wait_s: float) -> None:
+    cause = exc.retry_cause
+    url = safe_url(exc.url) if exc.url else ""
     log.warning("retrying %s call: attempt %d failed (%s)", target, attempt, cause,
                 extra={"target": target, "cause": cause, "attempt": attempt, "url": url, "wait_s": round(wait_s, 3)})
 
 
-def make_retrying(policy: RetryConfig, *, target: str = "model", metrics: GatewayMetrics | None = None,
-                  retry_on: Callable[[BaseException], bool] = is_transient, done: int = 0) -> AsyncRetrying:
-    """A fresh tenacity controller for one call; ``reraise=True`` so the caller sees the real failure.
+class _Call:
+    """The retry bookkeeping of one call: attempts, what bounds them, and why they ended."""
 
-    ``done``: attempts already made before this controller takes over (its attempt 1 is attempt ``done + 1``).
-    """
+    def __init__(self, policy: RetryConfig, target: str, metrics: GatewayMetrics | None,
+                 retry_on: Callable[[BaseException], bool]) -> None:
+        self.policy = policy
+        self.target = target
+        self.metrics = metrics
+        self.retry_on = retry_on
+        self.scope = retry_scope_var.get()
+        self.budget = self.scope.budgets.get(self.scope.agent, target) if self.scope is not None else None
+        self.started = time.monotonic()
+        self.attempts = 0
+        self.counted = 0  # failures bounded by ``attempts`` (not outages or overload)
+        self.wait_s = 0.0
+        self.note = ""  # why retrying ended, added to the final error
+        self.refused = False
+        self.last: RolloutFailure | None = None  # the failure the next attempt retries
+        if self.scope is not None:
+            self.scope.attempts = 0
 
-    def wait(state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        return retry_wait_s(policy, done + state.attempt_number, exc)
+    async def attempt(self, fn: Callable[[int], Awaitable[T]]) -> T:
+        """Make one attempt: the first, or a retry of ``self.last``."""
+        budget = self.budget
+        previous = self.last
+        if previous is not None and budget is not None and previous.kind != "connection" \
+                and not budget.admits(self.policy):
+            self.refused = True
+            assert self.scope is not None
+            self.note = self.scope.budgets.refuse(budget, self.policy)
+            raise previous
+        self.attempts += 1
+        if self.scope is not None:
+            self.scope.attempts = self.attempts
+        if previous is not None and self.metrics is not None:
+            self.metrics.retry(self.target, previous.retry_cause)  # counted as sent: a refused retry is not one
+        if budget is None:
+            return await fn(self.attempts)
+        budget.active += 1
+        if previous is not None:
+            budget.retrying += 1
+            if budget.gauge is not None:
+                budget.gauge.inc()
+        try:
+            return await fn(self.attempts)
+        finally:
+            budget.active -= 1
+            if previous is not None:
+                budget.retrying -= 1
+                if budget.gauge is not None:
+                    budget.gauge.dec()
 
-    def before_sleep(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        _note_retry(target, metrics, exc, done + state.attempt_number, state.upcoming_sleep)
+    def should_retry(self, exc: BaseException) -> bool:
+        """Decide after a failed attempt; on yes, ``wait_s`` is the wait and the retry is counted and logged."""
+        if self.refused or not isinstance(exc, RolloutFailure) or not self.retry_on(exc):
+            return False
+        policy = self.policy
+        if not rides_out(exc):
+            self.counted += 1
+            if self.counted >= policy.attempts:
+                if self.attempts > 1:
+                    self.note = f"gave up after {self.attempts} attempts (retries.attempts={policy.attempts})"
+                return False
+        wait = retry_wait_s(policy, self.attempts, exc)
+        elapsed = time.monotonic() - self.started
+        if rides_out(exc) and elapsed + wait > policy.budget_s:
+            self.note = (f"gave up after {self.attempts} attempt(s) in {elapsed:.1f} s: the next wait would pass "
+                         f"retries.budget_s={policy.budget_s:g}")
+            return False
+        self.wait_s = wait
+        self.last = exc
+        _note_retry(self.target, exc, self.attempts, wait)
+        return True
 
+    def final(self, exc: RolloutFailure) -> None:
+        """Stamp the failure that ends the call with its attempts and why there were no more."""
+        exc.attempts = self.attempts
+        if self.note and not exc.message.endswith(self.note):
+            exc.message = f"{exc.message}; {self.note}"
+            exc.args = (exc.message,)
+
+
+def make_retrying(call: _Call) -> AsyncRetrying:
+    """A fresh tenacity controller for one call's retries; ``call.should_retry`` decides, ``reraise=True`` so the
+    caller sees the real failure."""
     return AsyncRetrying(
-        stop=stop_after_attempt(policy.attempts - done),
-        wait=wait,
-        retry=retry_if_exception(retry_on),
-        before_sleep=before_sleep,
+        stop=stop_never,  # the budgets are in ``should_retry``: they depend on what failed
+        wait=lambda _state: call.wait_s,
+        retry=retry_if_exception(call.should_retry),
         reraise=True,
     )
 
@@ -101,26 +285,24 @@ async def call_with_retry(
 ) -> tuple[T, int]:
     """Run ``fn(attempt_number)`` under the policy; return its result and the number of attempts made.
 
-    On final failure the ``RolloutFailure`` is re-raised with ``attempts`` set to the attempts made.
+    On final failure the ``RolloutFailure`` is re-raised with ``attempts`` set to the attempts made and, when
+    retries ran out, a note saying which budget ended them.
     """
+    call = _Call(policy, target, metrics, retry_on)
     # The first attempt runs without tenacity: almost every call succeeds at once, and setting up a controller
     # (it inspects the callable on every attempt) cost about 0.1 ms of gateway CPU per call, two calls a rollout.
     try:
-        return await fn(1), 1
+        return await call.attempt(fn), 1
     except RolloutFailure as exc:
-        if policy.attempts <= 1 or not retry_on(exc):
-            exc.attempts = 1
+        if not call.should_retry(exc):
+            call.final(exc)
             raise
-        wait_s = retry_wait_s(policy, 1, exc)
-        _note_retry(target, metrics, exc, 1, wait_s)
-    await asyncio.sleep(wait_s)
-    attempts = 1
+    await asyncio.sleep(call.wait_s)
     try:
-        async for attempt in make_retrying(policy, target=target, metrics=metrics, retry_on=retry_on, done=1):
+        async for attempt in make_retrying(call):
             with attempt:
-                attempts = 1 + attempt.retry_state.attempt_number
-                result = await fn(attempts)
+                result = await call.attempt(fn)
     except RolloutFailure as exc:
-        exc.attempts = attempts
+        call.final(exc)
         raise
-    return result, attempts
+    return result, call.attempts

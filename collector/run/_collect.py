@@ -28,6 +28,7 @@ named on stderr — id, task, repeat, where it is, how long — at most once per
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -36,7 +37,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -324,6 +325,13 @@ def _commit_resume(writer: GroupWriter, output: Path, sources: list[Path]) -> No
             path.unlink(missing_ok=True)
 
 
+def _with_prior_responses(specs: Iterator[RolloutSpec], existing: ExistingRows) -> Iterator[RolloutSpec]:
+    """The specs, each rollout that failed at verify carrying its stored response (re-verified, not regenerated)."""
+    for spec in specs:
+        prior = existing.prior_response(spec)
+        yield dataclasses.replace(spec, prior_response_json=prior) if prior else spec
+
+
 async def _run_rollouts(cfg: CollectConfig, client: GatewayClient, record: RunRecord, output: Path,
                         existing: ExistingRows | None) -> None:
     writer, journal = _open_files(cfg, output, existing is not None, utc_stamp())
@@ -379,6 +387,8 @@ async def _run_rollouts(cfg: CollectConfig, client: GatewayClient, record: RunRe
         num_shards=cfg.num_shards,
         shard_index=cfg.shard_index,
     )
+    if existing is not None:
+        specs = _with_prior_responses(specs, existing)
     task = asyncio.create_task(client.collect(
         specs,
         agent=cfg.agent_name,

@@ -86,6 +86,7 @@ def to_request(spec: RolloutSpec, agent: str, deadline_s: float) -> pb.RolloutRe
         deadline_s=deadline_s,
         task_json=spec.row_json or dumps(spec.row),
         params_json=dumps(spec.params),
+        prior_response_json=spec.prior_response_json,
     )
 
 
@@ -93,6 +94,22 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         return f"{exc.code().name}: {exc.details()}"
     return f"{type(exc).__name__}: {exc}"
+
+
+# How a stream that a gateway going away ends looks, depending on the moment: a killed process, a restart, a
+# proxy in between. grpc's own text for them ("Internal error from Core", "Socket closed") says nothing to a user.
+_CONNECTION_LOST = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+                    grpc.StatusCode.CANCELLED)
+
+
+def _stream_lost(exc: grpc.aio.AioRpcError) -> str:
+    """Why a Collect stream broke, in words: what the gateway did, not grpc's text (kept for other codes)."""
+    details = exc.details() or ""
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in details:
+        return "it is shutting down"
+    if exc.code() in _CONNECTION_LOST:
+        return "the connection was lost"
+    return _describe(exc)
 
 
 class GatewayClient:
@@ -370,8 +387,8 @@ class _Run:
                 down_since = time.monotonic()
                 attempt = 0
                 if not self.finished:
-                    _log(f"warning: the gateway stream at {endpoint.target} broke ({reason}); reconnecting and "
-                         f"resending {len(owed)} rollout(s)")
+                    _log(f"warning: gateway {endpoint.target} restarting or unavailable ({reason}); reconnecting "
+                         f"and resending {len(owed)} rollout(s)")
             if self.finished:
                 return
             if not await self._reconnect(endpoint, down_since, attempt, reason):
@@ -441,7 +458,7 @@ class _Run:
 
     async def _receive(self, call: grpc.aio.StreamStreamCall[pb.CollectRequest, pb.CollectResponse],
                        mine: dict[str, RolloutSpec], answered: list[int]) -> str | None:
-        """None when the stream ended because everything is done, else why it broke."""
+        """None when the stream ended because everything is done, else why it broke (in words, for the log)."""
         try:
             while True:
                 reply = await call.read()
@@ -458,7 +475,7 @@ class _Run:
             if exc.code() in _REFUSED:
                 self.fail_everything(f"the gateway refused the stream: {_describe(exc)}")
                 return None
-            return _describe(exc)
+            return _stream_lost(exc)
         except asyncio.CancelledError:
             # The call, not this task, was cancelled: ``_send`` stopped waiting for a gateway that holds rollouts
             # the watchdog gave up on. Anything else is this task's own cancellation.

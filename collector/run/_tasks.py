@@ -45,6 +45,8 @@ class RolloutSpec:
     params: dict[str, Any]
     # The row as JSON bytes, serialised once per task and shared by its repeats (empty: serialise on send).
     row_json: bytes = b""
+    # A resume's stored response of this rollout, whose verify failed: the gateway re-verifies it (see _resume).
+    prior_response_json: bytes = b""
 
 
 def _describe(value: Any) -> str:

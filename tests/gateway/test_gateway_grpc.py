@@ -35,6 +35,12 @@ async def _collect(stub: Any, reqs: list[pb.RolloutRequest]) -> dict[str, pb.Rol
     return results
 
 
+def _tools(t: dict[str, Any], *names: str) -> dict[str, Any]:
+    """``t`` with ``names`` declared as the request's tools (only declared tools are called)."""
+    t["responses_create_params"]["tools"] = [{"type": "function", "name": n, "parameters": {}} for n in names]
+    return t
+
+
 def _outputs(res: pb.RolloutResult) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = orjson.loads(res.output_json)
     return items
@@ -43,8 +49,8 @@ def _outputs(res: pb.RolloutResult) -> list[dict[str, Any]]:
 async def test_two_parallel_tool_calls_run_concurrently(fake_model: FakeModelServer) -> None:
     async with FakeResourcesServer(tool_latency_s=0.2) as rs:
         async with running_gateway(make_config(fake_model.base_url, rs.url)) as (stub, _):
-            res = await stub.Rollout(_req("r1", task('tool: add {"a": 2, "b": 3}\ntool: add {"a": 1, "b": 1}',
-                                                     'tools said: {"sum":5}|{"sum":2}')))
+            res = await stub.Rollout(_req("r1", _tools(task('tool: add {"a": 2, "b": 3}\ntool: add {"a": 1, "b": 1}',
+                                                            'tools said: {"sum":5}|{"sum":2}'), "add")))
         assert rs.max_in_flight == 2
     assert res.status == pb.ROLLOUT_STATUS_OK, res.error
     assert res.reward == 1.0 and res.attempts == 2 and not res.truncated
@@ -63,7 +69,7 @@ async def test_unknown_tool_and_tool_500_reach_the_model_as_error_text(
         api: str, fake_model: FakeModelServer, fake_resources: FakeResourcesServer) -> None:
     cfg = make_config(fake_model.base_url, fake_resources.url, api=api)
     async with running_gateway(cfg) as (stub, _):
-        res = await stub.Rollout(_req("r1", task("tool: nosuch {}\ntool: boom {}")))
+        res = await stub.Rollout(_req("r1", _tools(task("tool: nosuch {}\ntool: boom {}"), "nosuch", "boom")))
     assert res.status == pb.ROLLOUT_STATUS_OK, res.error
     outs = [orjson.loads(i["output"]) for i in _outputs(res) if i["type"] == "function_call_output"]
     assert "unknown tool 'nosuch'" in outs[0]["error"]
@@ -77,7 +83,7 @@ async def test_max_steps_truncates_and_still_verifies(fake_model: FakeModelServe
                                                       fake_resources: FakeResourcesServer) -> None:
     cfg = make_config(fake_model.base_url, fake_resources.url, max_steps=3)
     async with running_gateway(cfg) as (stub, _):
-        res = await stub.Rollout(_req("r1", task('tool: add {"a": 1, "b": 2}\nloop_tools')))
+        res = await stub.Rollout(_req("r1", _tools(task('tool: add {"a": 1, "b": 2}\nloop_tools'), "add")))
     assert res.status == pb.ROLLOUT_STATUS_OK and res.truncated
     assert res.attempts == 3 and fake_model.requests["/v1/chat/completions"] == 3
     assert fake_resources.requests["add"] == 2  # the last call's request is recorded, not run
@@ -87,7 +93,8 @@ async def test_max_steps_truncates_and_still_verifies(fake_model: FakeModelServe
 async def test_session_cookies_stay_with_their_rollout(fake_model: FakeModelServer) -> None:
     async with FakeResourcesServer(tool_latency_s=0.02) as rs:
         async with running_gateway(make_config(fake_model.base_url, rs.url)) as (stub, _):
-            results = await _collect(stub, [_req(f"r{i}", task("tool: whoami {}")) for i in range(12)])
+            results = await _collect(stub, [_req(f"r{i}", _tools(task("tool: whoami {}"), "whoami"))
+                                               for i in range(12)])
         assert len(rs.verified) == 12
         seen_by_verify = {}
         for sid, body in rs.verified:

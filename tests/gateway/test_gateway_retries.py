@@ -16,7 +16,10 @@ from tests.gateway.gw_helpers import collect, live_gateway, make_config, req, sc
 
 # Generous attempts: 0.3**25 makes losing a rollout to bad luck practically impossible, so "none lost" tests
 # the policy, not the dice. Waits are tiny and Retry-After is capped at 10 ms so 2,000 rollouts take seconds.
-_FAST = {"attempts": 25, "initial_wait_s": 0.001, "max_wait_s": 0.005, "jitter_s": 0.001, "retry_after_cap_s": 0.01}
+# With waits that short most retries are on the wire at once, so the retry budget's floor is raised out of the
+# way (test_gateway_retry_budget.py tests the budget itself).
+_FAST = {"attempts": 25, "initial_wait_s": 0.001, "max_wait_s": 0.005, "jitter_s": 0.001, "retry_after_cap_s": 0.01,
+         "min_retry_concurrency": 100}
 
 
 async def test_2000_rollouts_through_30_percent_503_429_none_lost_and_retries_counted(
@@ -56,19 +59,21 @@ def test_retry_after_is_honoured_capped_and_never_below_the_backoff() -> None:
 
 async def test_retry_after_header_sets_the_wait_and_each_retry_is_logged_once_with_its_cause(
         fake_resources: FakeResourcesServer, caplog: pytest.LogCaptureFixture) -> None:
-    # Every answer is 429 with Retry-After: 1, capped at 0.2 s: two waits of 0.2 s, then a final failure.
+    # Every answer is 429 with Retry-After: 1, capped at 0.2 s; a 429 is retried until the 0.5 s budget is spent:
+    # two waits of 0.2 s fit (one, on a machine so loaded that the attempts themselves take 0.1 s), a third not.
     async with FakeModelServer(faults=[(429, 1.0, "1")]) as model:
         cfg = make_config(model.base_url, fake_resources.url, kind="single_turn",
-                          retries={"attempts": 3, "retry_after_cap_s": 0.2, "initial_wait_s": 0.001})
+                          retries={"attempts": 1, "budget_s": 0.5, "retry_after_cap_s": 0.2, "initial_wait_s": 0.001})
         with caplog.at_level("WARNING", logger="rollgate.gateway.retry"):
             async with GatewayCore(cfg, metrics=GatewayMetrics()) as core:
                 out = await core.run_rollout(RolloutRequest.from_dicts("r1", "a", task("say: x", "x")))
-    assert out.error is not None and out.error.http_status == 429 and out.error.attempts == 3
+    assert out.error is not None and out.error.http_status == 429 and out.error.attempts in (2, 3)
+    assert "retries.budget_s=0.5" in out.error.message  # 429s do not count against attempts=1
     assert out.reward is None
-    assert model.served[429] == 3
+    assert model.served[429] == out.error.attempts
     retries = [r for r in caplog.records if r.name == "rollgate.gateway.retry"]
     assert [(r.__dict__["cause"], r.__dict__["wait_s"], r.__dict__["attempt"]) for r in retries] == [
-        ("http_429", 0.2, 1), ("http_429", 0.2, 2)]
+        ("http_429", 0.2, n) for n in range(1, out.error.attempts)]
 
 
 @pytest.mark.parametrize("status", [400, 404, 413, 422])

@@ -114,9 +114,11 @@ async def test_model_503_then_success_counts_attempts(fake_resources: FakeResour
 async def test_connection_refused_is_stage_model_kind_connection(fake_resources: FakeResourcesServer) -> None:
     async with FakeModelServer() as fake:
         url = fake.base_url
-    out = await _run(make_config(url, fake_resources.url), task("say: x"))
+    # A connection failure is an outage: retried until the time budget is spent, not for `attempts` (3) only.
+    out = await _run(make_config(url, fake_resources.url, retries={"budget_s": 0.3}), task("say: x"))
     assert out.error is not None
-    assert (out.error.stage, out.error.kind, out.error.attempts) == ("model", "connection", 3)
+    assert (out.error.stage, out.error.kind) == ("model", "connection")
+    assert out.error.attempts >= 4 and "retries.budget_s=0.3" in out.error.message
 
 
 @pytest.mark.parametrize("reward", ["high", True, None, float("inf")])

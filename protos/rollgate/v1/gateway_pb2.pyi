@@ -52,6 +52,7 @@ class RolloutRequest(_message.Message):
     DEADLINE_S_FIELD_NUMBER: _builtins.int
     TASK_JSON_FIELD_NUMBER: _builtins.int
     PARAMS_JSON_FIELD_NUMBER: _builtins.int
+    PRIOR_RESPONSE_JSON_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     task_index: _builtins.int
     repeat_index: _builtins.int
@@ -62,6 +63,13 @@ class RolloutRequest(_message.Message):
     """The task row as given (JSON object), responses_create_params included."""
     params_json: _builtins.bytes
     """Effective responses_create_params after row params and CLI overrides."""
+    prior_response_json: _builtins.bytes
+    """Re-verify, never regenerate: a response the model already gave for this very rollout (JSON object, the
+    Responses API object with output = the whole trajectory), kept from a run whose verify failed. When set, the
+    gateway does not call the model: it seeds the session, verifies this response and closes the session, and
+    the result carries it as its response. Empty: a normal rollout. A gateway that cannot re-score it safely
+    (tools ran in a session that a fresh one cannot reproduce) runs the rollout as usual.
+    """
     def __init__(
         self,
         *,
@@ -72,10 +80,11 @@ class RolloutRequest(_message.Message):
         deadline_s: _builtins.float = ...,
         task_json: _builtins.bytes = ...,
         params_json: _builtins.bytes = ...,
+        prior_response_json: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "deadline_s", b"deadline_s", "params_json", b"params_json", "repeat_index", b"repeat_index", "rollout_id", b"rollout_id", "task_index", b"task_index", "task_json", b"task_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "deadline_s", b"deadline_s", "params_json", b"params_json", "prior_response_json", b"prior_response_json", "repeat_index", b"repeat_index", "rollout_id", b"rollout_id", "task_index", b"task_index", "task_json", b"task_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
