@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from rollgate._parent import watch_parent
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -196,7 +198,10 @@ def _is_model_field(model: type[BaseModel], name: str) -> bool:
 
 
 def run_cli(main: Callable[[], int]) -> int:
-    """Run a command's body: a ``CliError`` becomes ``error: …`` on stderr and exit status 2."""
+    """Run a command's body: a ``CliError`` becomes ``error: …`` on stderr and exit status 2.
+
+    A command started by ``rollgate up`` also ends when ``up`` is gone (``_parent``)."""
+    watch_parent()
     try:
         return main()
     except CliHelp as shown:

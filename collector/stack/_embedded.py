@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rollgate._parent import child_env
 from rollgate.collector._children import parse_ready, stop_process
 from rollgate.collector.errors import StackError
 
@@ -116,7 +117,8 @@ def start_embedded_model(host: str = "127.0.0.1") -> EmbeddedModel:
     # is ours, so a failure to start says why.
     # Its own session, like `rollgate up`'s other children: a terminal's Ctrl-C reaches only the parent, which stops
     # it after the services that call it.
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True,
+                               env=child_env())
     ready = _read_ready(process, _START_TIMEOUT_S)
     assert process.stdout is not None
     process.stdout.close()

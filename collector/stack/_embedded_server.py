@@ -35,6 +35,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from rollgate._parent import watch_parent
+
 __all__ = [
     "ChatEngine", "Completion", "MistralrsEngine", "SamplingParams",
     "create_app", "default_threads", "main", "parse_request", "serve",
@@ -311,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0,
                         help="the engine's CPU threads (0 = half the cores, 1 to 4; CANDLE_NUM_THREADS wins)")
     args = parser.parse_args(argv)
+    watch_parent()  # started by `rollgate up`: end with it (see rollgate._parent)
 
     # Only the ready line goes to stdout: the engine (native code) logs to fd 1, so fd 1 becomes stderr from here.
     ready_out = os.fdopen(os.dup(1), "w")

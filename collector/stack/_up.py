@@ -32,6 +32,7 @@ import yaml
 
 from rollgate._cli import parse_cli, run_cli
 from rollgate._local_admin import remove_token, write_token
+from rollgate._parent import child_env
 from rollgate.collector._children import parse_ready
 from rollgate.collector.errors import CollectorError, StackError
 from rollgate.collector.stack._stackfile import StackFile, UpConfig, load_stack
@@ -80,7 +81,7 @@ class _Stack:
     async def spawn(self, name: str, argv: list[str], timeout_s: float,
                     env: dict[str, str] | None = None) -> dict[str, Any]:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=None, start_new_session=True, env=env
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=None, start_new_session=True, env=child_env(env)
         )
         child = _Child(name, proc)
         self.children.append(child)

@@ -145,3 +145,48 @@ def test_stack_file_references_are_checked(tmp_path: Path) -> None:
                                     "agents": {"a": {"model": "nope", "verifier": "v"}}}))
     with pytest.raises(UsageError, match="unknown model 'nope'"):
         load_stack(UpConfig(config=str(path)))
+
+
+def _children_of(pid: int) -> list[int]:
+    found: list[int] = []
+    for task_dir in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task_dir / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; only its (re-)parent has not reaped it yet
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to find the children")
+def test_sigkill_of_up_ends_its_children(tmp_path: Path) -> None:
+    """The real `rollgate up` (real verifier and gateway processes): SIGKILL can't be handled, yet no child stays."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rollgate.collector", "up", "--model-url", "http://127.0.0.1:9/v1", "--model", "m",
+         "--verifier", "exact_match", "--agents", "my_agent", "--port", "0", "--metrics-port", "0"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    children: list[int] = []
+    try:
+        assert _ready(proc)["event"] == "ready"
+        children = _children_of(proc.pid)
+        assert len(children) == 2, children  # the verifier and the gateway
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 45  # the poll (0.5 s), then each drains as on SIGTERM
+        while any(_alive(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [c for c in children if _alive(c)]
+        assert not left, f"children still running after up was killed: {left}"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+        for child in filter(_alive, children):  # whatever the outcome, nothing outlives the test
+            os.kill(child, signal.SIGKILL)
