@@ -223,6 +223,12 @@ async def collect(cfg: CollectConfig, *, command: str | None = None) -> int:
 
 def _finish(cfg: CollectConfig, record: RunRecord, output: Path, command: str | None) -> int:
     print(json.dumps(record.means, indent=4), flush=True)
+    by_version = record.reward_by_version()
+    if len(by_version) > 1:
+        # One mean over several verify() versions compares nothing: say so, and give each version's own.
+        each = "; ".join(f"{v}: {s['mean_reward']:.4g} over {s['rollouts']}" for v, s in by_version.items())
+        _log(f"warning: {len(by_version)} verifier versions scored this run (hot-swapped or resumed across a "
+             f"change); the reward mean above mixes them. Per version: {each}")
     stages = ", ".join(f"{stage}: {n}" for stage, n in sorted(record.failures_by_stage.items()))
     if record.interrupted:
         _log(f"interrupted: {record.written} of {record.rollouts} rollouts written "
@@ -348,7 +354,7 @@ async def _run_rollouts(cfg: CollectConfig, client: GatewayClient, record: RunRe
         if built.ok:
             record.succeeded += 1
             means.add(built.added)
-            record.verifier_versions.add(built.row["_rollout"]["verifier_version"])
+            record.scored(built.row["_rollout"]["verifier_version"], built.row.get("reward"))
         else:
             record.failed += 1
             stage = built.stage or "rollout"
@@ -371,9 +377,7 @@ async def _run_rollouts(cfg: CollectConfig, client: GatewayClient, record: RunRe
         record.succeeded += 1
         record.reused += 1
         means.add({k: v for k, v in row.items() if k not in spec.row and k not in RESERVED_KEYS})
-        version = row["_rollout"].get("verifier_version")
-        if isinstance(version, str):
-            record.verifier_versions.add(version)
+        record.scored(row["_rollout"].get("verifier_version"), row.get("reward"))
         writer.add(spec.seq, row, True)
         bar.update(1)
         return False

@@ -57,6 +57,8 @@ class RunRecord:
     failed: int = 0
     failures_by_stage: Counter[str] = field(default_factory=Counter)
     verifier_versions: set[str] = field(default_factory=set)
+    # version -> [sum of rewards, rollouts]: a run scored by several verifier versions reports each one's mean.
+    version_rewards: dict[str, list[float]] = field(default_factory=dict)
     means: dict[str, float] = field(default_factory=dict)
     finished_at: dt.datetime | None = None
     wall_s: float = 0.0
@@ -70,6 +72,21 @@ class RunRecord:
     # are only there (held behind an unfinished one).
     journal: str | None = None
     unwritten: int = 0
+
+    def scored(self, version: object, reward: object) -> None:
+        """Count one succeeded rollout's verifier version and reward (a missing or odd value is left out)."""
+        if not isinstance(version, str):
+            return
+        self.verifier_versions.add(version)
+        if isinstance(reward, (int, float)) and not isinstance(reward, bool) and reward == reward:
+            totals = self.version_rewards.setdefault(version, [0.0, 0])
+            totals[0] += float(reward)
+            totals[1] += 1
+
+    def reward_by_version(self) -> dict[str, dict[str, float]]:
+        """Per verifier version: its rollouts and their mean reward."""
+        return {v: {"rollouts": int(n), "mean_reward": total / n}
+                for v, (total, n) in sorted(self.version_rewards.items()) if n}
 
     def to_json(self) -> dict[str, Any]:
         throughput = (self.succeeded + self.failed) / self.wall_s if self.wall_s > 0 else None
@@ -93,6 +110,7 @@ class RunRecord:
             "failures_by_stage": dict(sorted(self.failures_by_stage.items())),
             "means": self.means,
             "verifier_versions": sorted(self.verifier_versions),
+            "reward_by_verifier_version": self.reward_by_version(),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at) if self.finished_at else None,
             "wall_s": round(self.wall_s, 3),

@@ -98,3 +98,30 @@ async def test_a_tool_calling_rollout_is_rescored_only_when_no_tool_ran_in_its_s
     # server's /verify may read, and a fresh session lacks) was run again: two more model calls, not three.
     assert _model_calls(model) == 5
     assert rs.requests["add"] == 2
+
+
+async def test_a_run_scored_by_two_verifier_versions_says_so_with_each_ones_mean(tmp_path: Path) -> None:
+    n = 8
+    async with FakeModelServer() as model, FlakyVerifier() as rs:
+        rs.failing = {"1", "2", "3"}
+        cfg = make_config(model.base_url, rs.url, kind="single_turn")
+        async with live_gateway(cfg) as gw:
+            tasks = write_tasks(tmp_path / "tasks.jsonl", [task(f"say: {i}", str(i)) for i in range(n)])
+            out = tmp_path / "out.jsonl"
+            code, _, stderr = await finish(await start_collector(
+                f"127.0.0.1:{gw.port}", tasks, out, "+max_failure_fraction=1"))
+            assert code == 0, stderr
+            assert "verifier versions scored" not in stderr  # one version: nothing to say
+
+            rs.failing.clear()
+            rs.version, rs.reward = "fake-2", 0.5  # verify() was edited between the runs
+            code, stdout, stderr = await finish(await start_collector(
+                f"127.0.0.1:{gw.port}", tasks, out, "+max_failure_fraction=1", "+resume=true"))
+    assert code == 0, stderr
+    assert json.loads(stdout)["reward"] == (5 * 1.0 + 3 * 0.5) / n
+    assert ("warning: 2 verifier versions scored this run (hot-swapped or resumed across a change); the reward "
+            "mean above mixes them. Per version: fake-1: 1 over 5; fake-2: 0.5 over 3") in stderr
+    manifest = json.loads(Path(f"{out}.manifest.json").read_text())
+    assert manifest["verifier_versions"] == ["fake-1", "fake-2"]
+    assert manifest["reward_by_verifier_version"] == {
+        "fake-1": {"rollouts": 5, "mean_reward": 1.0}, "fake-2": {"rollouts": 3, "mean_reward": 0.5}}
