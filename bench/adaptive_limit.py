@@ -21,20 +21,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
-import threading
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-import psutil
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.stack import ROOT, Stack, Watched, _env, _ready, collect, write_tasks  # noqa: E402
-from rollgate.collector._children import stop_process  # noqa: E402
+from bench.stack import GaugeSampler, collect, running_stack, write_tasks  # noqa: E402
 from rollgate.gateway._config import RetryConfig  # noqa: E402
 
 PARALLEL = 200
@@ -49,75 +41,19 @@ def _retries() -> dict[str, Any]:
     return {k: v for k, v in wanted.items() if k in RetryConfig.model_fields}
 
 
-class GaugeSampler:
-    """Reads the limit gauge from the gateway's /metrics every ``every_s`` in a thread: (seconds, value)."""
-
-    def __init__(self, url: str, every_s: float = 0.1) -> None:
-        self.url, self.every_s = url, every_s
-        self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        t0 = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as resp:
-                    text = resp.read().decode()
-                values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(GAUGE + "{")]
-                if values:
-                    self.samples.append((time.monotonic() - t0, values[0]))
-            except OSError:
-                pass
-            self._stop.wait(self.every_s)
-
-    def __enter__(self) -> GaugeSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
-def run_once(work: Path, tasks: Path, latency_ms: float, model_args: list[str]) -> dict[str, Any]:
+def run_once(tasks: Path, latency_ms: float, model_args: list[str]) -> dict[str, Any]:
     """One fresh stack, one collection: rollouts/s and the limit over the run."""
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(*args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True)
-        procs.append(proc)
-        return proc, _ready(proc)
-
-    try:
-        model, m_ready = start("-m", "tests.fakes.model_server", "--port", "0", "--latency-ms", str(latency_ms),
-                               *model_args)
-        verif, v_ready = start("-m", "rollgate.verifier", "serve", "exact_match", "--port", "0")
-        config = {"agents": {"bench": {
-            "kind": "single_turn",
-            "model": {"base_urls": [m_ready["url"]], "name": "fake", "api": "chat_completions",
-                      "max_concurrency": CEILING},
-            "verifier_url": v_ready["url"],
-            "retries": _retries(),
-        }}}
-        (work / "gateway.yaml").write_text(yaml.safe_dump(config))
-        gw, g_ready = start("-m", "rollgate.gateway", "serve", "--config", str(work / "gateway.yaml"), "--port", "0",
-                            "--metrics-port", "0")
-        stack = Stack(gateway=str(g_ready["address"]), model=Watched("model", psutil.Process(model.pid)),
-                      verifier=Watched("verifier", psutil.Process(verif.pid)),
-                      gateway_proc=Watched("gateway", psutil.Process(gw.pid)), workdir=work)
-        with GaugeSampler(str(g_ready["metrics_url"])) as sampler:
-            result = collect(stack, tasks, PARALLEL, work / "out.jsonl")
-        half = result["startup_s"] + (result["wall_s"] - result["startup_s"]) / 2
-        settled = [v for t, v in sampler.samples if t >= half] or [float("nan")]
-        # Throughput once the collector runs (its start-up, a second or so, is left out: the runs are short).
-        rate = result["rollouts"] / (result["wall_s"] - result["startup_s"])
-        return {"rollouts_per_s": rate, "limit": statistics.median(settled),
-                "limit_min": min(settled), "limit_max": max(settled), "wall_s": result["wall_s"]}
-    finally:
-        for proc in reversed(procs):
-            stop_process(proc)
+    agent = {"model": {"max_concurrency": CEILING}, "retries": _retries()}
+    with running_stack(latency_ms=latency_ms, model_args=model_args, agent=agent) as stack:
+        assert stack.metrics_url is not None
+        with GaugeSampler(stack.metrics_url, GAUGE) as sampler:
+            result = collect(stack, tasks, PARALLEL, stack.workdir / "out.jsonl")
+    half = result["startup_s"] + (result["wall_s"] - result["startup_s"]) / 2
+    settled = [v for t, v in sampler.samples if t >= half] or [float("nan")]
+    # Throughput once the collector runs (its start-up, a second or so, is left out: the runs are short).
+    rate = result["rollouts"] / (result["wall_s"] - result["startup_s"])
+    return {"rollouts_per_s": rate, "limit": statistics.median(settled),
+            "limit_min": min(settled), "limit_max": max(settled), "wall_s": result["wall_s"]}
 
 
 def main() -> int:
@@ -145,7 +81,7 @@ def main() -> int:
             tasks = work / f"tasks{n}.jsonl"
             if not tasks.exists():
                 write_tasks(tasks, n)
-            runs = [run_once(work, tasks, args.latency_ms, model_args) for _ in range(args.repeats)]
+            runs = [run_once(tasks, args.latency_ms, model_args) for _ in range(args.repeats)]
             for r in runs:
                 print(f"  {name}: {r['rollouts_per_s']:.0f} rollouts/s, limit {r['limit']:.0f} "
                       f"(second half {r['limit_min']:.0f}-{r['limit_max']:.0f}), {r['wall_s']:.1f} s", flush=True)

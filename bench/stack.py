@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -94,6 +95,41 @@ class Sampler:
         self._thread.join(timeout=5)
 
 
+class GaugeSampler:
+    """Reads one gauge from the gateway's /metrics every ``every_s`` in a thread: (seconds, value of its first
+    series with ``label``)."""
+
+    def __init__(self, url: str, gauge: str, every_s: float = 0.1, *, label: str = "") -> None:
+        # ``label``: a series' label text to pick (``target="model"``), when the gauge has several series.
+        self.url, self.gauge, self.every_s, self.label = url, gauge, every_s, label
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as resp:
+                    text = resp.read().decode()
+                prefix = self.gauge + "{"
+                values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                          if line.startswith(prefix) and self.label in line]
+                if values:
+                    self.samples.append((time.monotonic() - t0, values[0]))
+            except OSError:
+                pass
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> GaugeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 @dataclass
 class Stack:
     gateway: str
@@ -101,11 +137,15 @@ class Stack:
     verifier: Watched
     gateway_proc: Watched
     workdir: Path
+    metrics_url: str | None = None
 
 
 @contextmanager
 def running_stack(*, latency_ms: float = 0.0, model_args: list[str] | None = None,
-                  verifier: str = "exact_match", kind: str = "single_turn") -> Iterator[Stack]:
+                  verifier: str = "exact_match", kind: str = "single_turn",
+                  agent: dict[str, Any] | None = None) -> Iterator[Stack]:
+    """Fake model, verifier and gateway (metrics on a free port) as processes; ``agent`` adds to the agent's
+    config (``model`` merged key by key)."""
     procs: list[subprocess.Popen[str]] = []
     with tempfile.TemporaryDirectory(prefix="rollgate-bench-") as tmp:
         work = Path(tmp)
@@ -119,24 +159,27 @@ def running_stack(*, latency_ms: float = 0.0, model_args: list[str] | None = Non
             model, m_ready = start("-m", "tests.fakes.model_server", "--port", "0", "--latency-ms", str(latency_ms),
                                    *(model_args or []))
             verif, v_ready = start("-m", "rollgate.verifier", "serve", verifier, "--port", "0")
+            extra = dict(agent or {})
             config = {"agents": {"bench": {
                 "kind": kind,
                 # The fake has no batch limit; the default ceiling of 256 calls per replica (vLLM's max_num_seqs)
                 # would cap the parallelism-1000 scenarios at 256 model calls in flight.
                 "model": {"base_urls": [m_ready["url"]], "name": "fake", "api": "chat_completions",
-                          "max_concurrency": 4096},
+                          "max_concurrency": 4096, **extra.pop("model", {})},
                 "verifier_url": v_ready["url"],
                 "max_steps": 8,
+                **extra,
             }}}
             (work / "gateway.yaml").write_text(yaml.safe_dump(config))
             gw, g_ready = start("-m", "rollgate.gateway", "serve", "--config", str(work / "gateway.yaml"),
-                                "--port", "0")
+                                "--port", "0", "--metrics-port", "0")
             yield Stack(
                 gateway=str(g_ready["address"]),
                 model=Watched("model", psutil.Process(model.pid)),
                 verifier=Watched("verifier", psutil.Process(verif.pid)),
                 gateway_proc=Watched("gateway", psutil.Process(gw.pid)),
                 workdir=work,
+                metrics_url=str(g_ready["metrics_url"]),
             )
         finally:
             for proc in reversed(procs):

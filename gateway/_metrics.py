@@ -69,7 +69,8 @@ class GatewayMetrics:
                                ["target", "cause"], registry=r)
         self.retry_budget_exhausted = Counter(
             "rollgate_gateway_retry_budget_exhausted",
-            "Failed calls given no further attempt because the target's retry budget was spent, by agent and target.",
+            "Retries held back (waiting for room, within retries.budget_s) because the target's retry budget was "
+            "spent, by agent and target.",
             ["agent", "target"], registry=r)
         self.retries_in_flight = Gauge("rollgate_gateway_retries_in_flight",
                                        "Retried calls on the wire now, by agent and target.", ["agent", "target"],

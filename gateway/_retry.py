@@ -25,12 +25,14 @@ park a rollout. Each retry is logged with its cause and wait when decided, and c
 **Retry budget** (as Envoy's ``retry_budget``), per target (an agent's ``model``, ``verifier`` or ``tool``
 calls): retries on the wire at most ``retry_budget_percent`` (20) of all that target's calls on the wire, and
 never fewer than ``min_retry_concurrency`` (10) allowed. It is checked just before a retry is sent; when spent,
-the call fails at once with its last error and a note naming the budget, counted on
-``rollgate_gateway_retry_budget_exhausted_total`` and logged at most once a minute per target. Retries after a
-connection failure count towards it but are never refused by it: the failed attempt cost the server nothing, and
-a server that restarts is the outage to ride out (``budget_s`` bounds those). So a backend that answers slowly
-*and* fails (the overload that retries make worse) is not hit by a retry storm, while fast failures and outages
-are ridden out.
+the retry waits for room (a retry of that target ending) instead of going out: each such hold is counted on
+``rollgate_gateway_retry_budget_exhausted_total`` and logged at most once a minute per target. A retry still held
+when the call's ``budget_s`` runs out is not sent: the call fails with its last error and a note naming both
+budgets. Retries after a connection failure count towards it but are never held by it: the failed attempt cost
+the server nothing, and a server that restarts is the outage to ride out. So a backend that answers slowly *and*
+fails (the overload that retries make worse) sees at most the budget's retries at once, not a retry storm, and a
+rollout is still failed only by the time budget: a dead backend for minutes costs each call ``budget_s``, not its
+work.
 
 Every call's attempts so far are kept in the rollout's ``RetryScope`` (a context variable set by the core), so a
 rollout deadline that cuts a call short still reports the attempts it made.
@@ -41,6 +43,7 @@ rollout deadline that cuts a call short still reports the attempts it made.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import random
@@ -108,7 +111,7 @@ def retry_wait_s(policy: RetryConfig, attempt: int, exc: BaseException | None, r
 class RetryBudget:
     """One target's calls and retries on the wire (an agent's model, verifier or tool calls)."""
 
-    __slots__ = ("active", "agent", "gauge", "logged_at", "refused", "retrying", "target", "unlogged")
+    __slots__ = ("active", "agent", "gauge", "logged_at", "refused", "retrying", "target", "unlogged", "waiters")
 
     def __init__(self, agent: str, target: str, gauge: Any = None) -> None:
         self.agent = agent
@@ -119,11 +122,42 @@ class RetryBudget:
         self.unlogged = 0
         self.logged_at = -math.inf
         self.gauge = gauge
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()  # retries held for room
 
     def admits(self, policy: RetryConfig) -> bool:
-        """May one more retry go on the wire now?"""
+        """May one more retry go on the wire now? (Always, with none on the wire: a budget never stalls.)"""
         allowed = max(float(policy.min_retry_concurrency), policy.retry_budget_percent / 100.0 * (self.active + 1))
-        return self.retrying + 1 <= allowed
+        return self.retrying == 0 or self.retrying + 1 <= allowed
+
+    def wake_one(self) -> None:
+        """A retry left the wire: let the longest-held retry look again."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def room(self, policy: RetryConfig, deadline: float) -> bool:
+        """Wait until a retry may go out, or until ``deadline`` (monotonic); True when it may."""
+        loop = asyncio.get_running_loop()
+        while not self.admits(policy):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            waiter: asyncio.Future[None] = loop.create_future()
+            self.waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                return False
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self.wake_one()  # this call was woken but will not go: pass the room on
+                raise
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+        return True
 
     def describe(self, policy: RetryConfig) -> str:
         return (f"the retry budget of agent {self.agent!r}'s {self.target} calls is spent ({self.retrying} "
@@ -149,8 +183,8 @@ class RetryBudgets:
             budget = self._budgets[(agent, target)] = RetryBudget(agent, target, gauge)
         return budget
 
-    def refuse(self, budget: RetryBudget, policy: RetryConfig) -> str:
-        """Count (and now and then log) one retry the budget refused; return the note for the call's error."""
+    def hold(self, budget: RetryBudget, policy: RetryConfig) -> str:
+        """Count (and now and then log) one retry the budget holds back; return the note for the call's error."""
         note = budget.describe(policy)
         budget.refused += 1
         budget.unlogged += 1
@@ -158,12 +192,12 @@ class RetryBudgets:
             self._metrics.child(self._metrics.retry_budget_exhausted, budget.agent, budget.target).inc()
         now = time.monotonic()
         if now - budget.logged_at >= BUDGET_LOG_EVERY_S:
-            log.warning("%s: failed calls fail at once instead of retrying (%d refused since the last message; "
+            log.warning("%s: retries wait for room, within retries.budget_s (%d held since the last message; "
                         "logged at most once a minute)", note, budget.unlogged,
                         extra={"agent": budget.agent, "target": budget.target, "refused": budget.unlogged})
             budget.logged_at = now
             budget.unlogged = 0
-        return f"not retried: {note}"
+        return note
 
 
 @dataclass(slots=True)
@@ -213,10 +247,13 @@ class _Call:
         previous = self.last
         if previous is not None and budget is not None and previous.kind != "connection" \
                 and not budget.admits(self.policy):
-            self.refused = True
             assert self.scope is not None
-            self.note = self.scope.budgets.refuse(budget, self.policy)
-            raise previous
+            note = self.scope.budgets.hold(budget, self.policy)
+            if not await budget.room(self.policy, self.started + self.policy.budget_s):
+                self.refused = True
+                self.note = (f"not retried: {note}, and retries.budget_s={self.policy.budget_s:g} ran out "
+                             f"after {time.monotonic() - self.started:.1f} s and {self.attempts} attempt(s)")
+                raise previous
         self.attempts += 1
         if self.scope is not None:
             self.scope.attempts = self.attempts
@@ -237,6 +274,8 @@ class _Call:
                 budget.retrying -= 1
                 if budget.gauge is not None:
                     budget.gauge.dec()
+                if budget.waiters:
+                    budget.wake_one()
 
     def should_retry(self, exc: BaseException) -> bool:
         """Decide after a failed attempt; on yes, ``wait_s`` is the wait and the retry is counted and logged."""

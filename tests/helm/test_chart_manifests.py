@@ -232,6 +232,12 @@ def test_termination_grace_covers_the_drain(rendered: dict[str, list[Manifest]])
     assert pod["terminationGracePeriodSeconds"] > 120
 
 
+def test_the_stream_bound_reaches_the_gateway() -> None:
+    docs = render([ci_values("cpu")], sets=["gateway.maxStreamRollouts=512"])
+    command = one(docs, "Deployment", name("gateway"))["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert arg_after(command, "--max-stream-rollouts") == "512"
+
+
 def test_gateway_probes_and_ports_match_its_flags(rendered: dict[str, list[Manifest]]) -> None:
     for scenario, docs in rendered.items():
         c = one(docs, "Deployment", name("gateway"))["spec"]["template"]["spec"]["containers"][0]
