@@ -41,6 +41,7 @@ test: $(VENV)/.installed-dev
 # Types (mypy strict) and the linter (ruff: pycodestyle, pyflakes, import order, bugbear, pyupgrade).
 lint: $(VENV)/.installed-dev
 	$(PY) -m mypy
+	$(PY) -m mypy examples/grpo_batch.py
 	$(PY) -m ruff check .
 
 # Benchmarks (not part of `make test`): about 12 minutes on 2 cores; results into bench/RESULTS.md.

@@ -2,8 +2,9 @@
 
 It runs on its own event loop in a background thread, so a test can call the synchronous ``collect_main`` while
 it serves. Knobs: random per-rollout latency, failures of chosen (task_index, repeat_index), a reward derived
-from the task (``reward_hint`` or ``task_index % 2``), results batched per message (``batch_results``) or each
-sent twice (``duplicate_results``); it records the most rollouts ever in flight at once and the message sizes.
+from the task (``reward_by_repeat[repeat]``, ``reward_hint`` or ``task_index % 2``), results batched per message
+(``batch_results``) or each sent twice (``duplicate_results``); it records the most rollouts ever in flight at
+once and the message sizes.
 
     with FakeGateway(latency_s=(0.0, 0.02), fail={(1, 2)}) as gw:
         collect_main([..., f"+gateway={gw.address}"])
@@ -192,7 +193,9 @@ class FakeGateway:
                 params_json=req.params_json,
                 attempts=3,
             )
-        reward = float(task.get("reward_hint", req.task_index % 2))
+        by_repeat = task.get("reward_by_repeat")  # a group with mixed rewards (GRPO signal)
+        reward = float(by_repeat[req.repeat_index] if isinstance(by_repeat, list)
+                       else task.get("reward_hint", req.task_index % 2))
         text = f"answer {req.task_index}/{req.repeat_index}"
         output = [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}]
         response = {"id": f"resp_{req.rollout_id}", "model": "fake-model", "output": output}
