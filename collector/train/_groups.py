@@ -51,7 +51,11 @@ __all__ = ["Group", "GroupFailure", "GroupStream", "StreamStats"]
 
 @dataclass(frozen=True)
 class Group:
-    """A task's rollouts, all succeeded: ``rows`` in repeat order, as the CLI writes them."""
+    """A task's rollouts, all succeeded: ``rows`` in repeat order, as the CLI writes them.
+
+        async for group in stream:
+            texts = [row["output"] for row in group.rows]; rewards = group.rewards
+    """
 
     task_index: int
     task: dict[str, Any]
@@ -64,7 +68,10 @@ class Group:
 
 @dataclass(frozen=True)
 class GroupFailure:
-    """A task whose group had at least one failed rollout: every row, the failed ones with ``error``."""
+    """A task whose group had at least one failed rollout: every row, the failed ones with ``error``.
+
+        GroupStream(..., on_failure=lambda f: log.warning("task %d: %s", f.task_index, f.errors))
+    """
 
     task_index: int
     task: dict[str, Any]
@@ -77,7 +84,10 @@ class GroupFailure:
 
 @dataclass
 class StreamStats:
-    """What a stream did so far (groups by outcome, rollouts answered)."""
+    """What a stream did so far (groups by outcome, rollouts answered).
+
+        print(stream.stats.kept, stream.stats.dropped_uniform, stream.stats.failed)
+    """
 
     kept: int = 0
     dropped_uniform: int = 0
@@ -100,6 +110,10 @@ class GroupStream:
     ``overrides`` are ``responses_create_params`` overrides, as the CLI's ``+responses_create_params.*``; an
     integer ``seed`` becomes ``seed + repeat`` per repeat. ``gateway`` takes what the CLI's ``+gateway`` takes
     (several addresses, ``dns:///``); the token comes from ``ROLLGATE_TOKEN``.
+
+        async with GroupStream("127.0.0.1:50051", "my_rl_agent", tasks, group_size=8, want=64) as stream:
+            async for group in stream:
+                train_on(group.rows, group.rewards)
     """
 
     def __init__(
