@@ -173,7 +173,7 @@ def test_collector_top_level_stays_small() -> None:
     top = list((ROOT / "collector").glob("*.py"))
     assert len(top) <= 10, sorted(p.name for p in top)
     assert {p.name for p in (ROOT / "collector").iterdir() if p.is_dir() and (p / "__init__.py").exists()} == {
-        "run", "postprocess", "stack", "viewer"}
+        "run", "postprocess", "stack", "viewer", "train"}
 
 
 # -- the built wheel in a fresh venv ------------------------------------------------------------------------------
@@ -219,7 +219,8 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> FreshVenv:
     # stale from an earlier build can slip in.
     src = tmp / "src"
     shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".tools", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "demo_out", "bench"))
+        ".git", ".venv", ".tools", ".nemo-gym-venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",
+        "demo_out", "bench"))
     _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp / "dist", src)
     (wheel,) = (tmp / "dist").glob("rollgate-*.whl")
     venv = tmp / "venv"
