@@ -3,7 +3,9 @@
 ``+key=value`` / ``+a.b=value`` (the documented ``ng_collect_rollouts`` style; ``null`` is None, ``[a,b]`` a list)
 and ``--key value`` / ``--key=value`` / ``--flag`` mean the same thing. Dashes in ``--long-names`` become
 underscores. Values are typed the way OmegaConf types a dotlist, then validated by the config model, so
-``+limit=5`` and ``--limit 5`` give the same ``int``.
+``+limit=5`` and ``--limit 5`` give the same ``int``. A command may add other spellings: ``aliases`` (``--agent`` for
+``agent_name``, ``--temperature`` for ``responses_create_params.temperature``) and one-letter ``short`` flags
+(``-a VALUE``, ``-a=VALUE``); ``--help`` lists them beside their keys, an unknown key or flag names the valid ones.
 
     class Config(BaseModel):
         limit: int | None = None
@@ -15,7 +17,7 @@ from __future__ import annotations
 import difflib
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -33,11 +35,25 @@ class CliHelp(Exception):
     """``-h``/``--help`` was given: the message is the list of keys, printed by ``run_cli`` with exit 0."""
 
 
-def _help_text(model: type[BaseModel], positional: Sequence[str]) -> str:
+def spellings(name: str, aliases: Mapping[str, str], short: Mapping[str, str]) -> list[str]:
+    """The other flags that set key ``name`` or one of its sub-keys, e.g. ``["--agent/-a"]`` for ``agent_name``."""
+    out = []
+    for alias, target in aliases.items():
+        if target == name or target.startswith(f"{name}."):
+            letters = "".join(f"/-{k}" for k, v in short.items() if v == target)
+            out.append(f"--{alias.replace('_', '-')}{letters}")
+    out += [f"-{k}" for k, v in short.items() if v == name and v not in aliases.values()]
+    return out
+
+
+def _help_text(model: type[BaseModel], positional: Sequence[str], aliases: Mapping[str, str],
+               short: Mapping[str, str]) -> str:
     lines = [f"keys ({'+key=value' } or --key value):"]
     for name, info in model.model_fields.items():
         default = "required" if info.is_required() else f"default {info.get_default(call_default_factory=True)!r}"
         where = " (or positional)" if name in positional else ""
+        also = spellings(name, aliases, short)
+        where += f" (also {', '.join(also)})" if also else ""
         doc = f": {info.description}" if info.description else ""
         lines.append(f"  {name}{where} [{default}]{doc}")
     return "\n".join(lines)
@@ -56,6 +72,8 @@ _WORDS: dict[str, bool | None] = {
     **dict.fromkeys(("null", "Null", "NULL")),
 }
 _UNHANDLED = object()
+# A one-letter flag: -a, or -a=VALUE (a negative number is a value, not a flag).
+_SHORT = re.compile(r"-[A-Za-z]")
 
 
 def _fast_value(raw: str) -> Any:
@@ -86,15 +104,32 @@ def _typed_value(key: str, raw: str) -> Any:
         raise CliError(f"{key}: cannot parse value {raw!r}: {exc}") from exc
 
 
-def _split(argv: Sequence[str], flags: frozenset[str]) -> tuple[list[tuple[str, Any]], list[str]]:
-    """Return ``(key, typed value)`` pairs in order, and the positional arguments."""
+def _split(argv: Sequence[str], flags: frozenset[str],
+           short: Mapping[str, str]) -> tuple[list[tuple[str, Any]], list[str]]:
+    """Return ``(key, typed value)`` pairs in order, and the positional arguments. An unknown one-letter flag
+    comes back as the pair ``("-x", None)`` for the caller to name among the valid ones."""
     pairs: list[tuple[str, Any]] = []
     positional: list[str] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
         i += 1
-        if arg.startswith("--") and len(arg) > 2:
+        flag, eq, given = arg.partition("=")
+        if _SHORT.fullmatch(flag):
+            key = short.get(flag[1:])
+            if key is None:
+                pairs.append((flag, None))
+                continue
+            if eq:
+                raw = given
+            elif key in flags:
+                raw = "true"
+            elif i < len(argv):
+                raw, i = argv[i], i + 1
+            else:
+                raise CliError(f"{flag} needs a value")
+            pairs.append((key, _typed_value(key, raw)))
+        elif arg.startswith("--") and len(arg) > 2:
             body = arg[2:]
             if "=" in body:
                 key, raw = body.split("=", 1)
@@ -132,10 +167,14 @@ def _open_dict_fields(model: type[BaseModel]) -> frozenset[str]:
     return frozenset(out)
 
 
-def _unknown_key_error(key: str, valid: Sequence[str]) -> CliError:
-    near = difflib.get_close_matches(key, valid, n=1)
+def _unknown_key_error(key: str, valid: Sequence[str], aliases: Mapping[str, str],
+                       short: Mapping[str, str]) -> CliError:
+    near = difflib.get_close_matches(key, [*valid, *aliases], n=1)
     hint = f" (did you mean {near[0]!r}?)" if near else ""
-    return CliError(f"unknown key {key!r}{hint}; valid keys: {', '.join(sorted(valid))}")
+    what = "flag" if key.startswith("-") else "key"
+    also = [s for name in valid for s in spellings(name, aliases, short)]
+    flags = f"; also: {', '.join(also)}" if also else ""
+    return CliError(f"unknown {what} {key!r}{hint}; valid keys: {', '.join(sorted(valid))}{flags}")
 
 
 def _insert(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -163,21 +202,27 @@ def parse_cli(
     model: type[M],
     *,
     positional: Sequence[str] = (),
-    aliases: dict[str, str] | None = None,
+    aliases: Mapping[str, str] | None = None,
+    short: Mapping[str, str] | None = None,
 ) -> M:
-    """Parse ``argv`` into ``model``; ``positional`` names the fields that bare arguments fill, in order."""
-    if any(arg in ("-h", "--help") for arg in argv):
-        raise CliHelp(_help_text(model, positional))
+    """Parse ``argv`` into ``model``; ``positional`` names the fields that bare arguments fill, in order.
+
+    ``aliases`` maps other names (``--name`` or ``+name=``, dashes read as underscores) to a key or a dotted sub-key;
+    ``short`` maps a letter (``-a``) to a key."""
     aliases = aliases or {}
+    short = short or {}
+    if any(arg in ("-h", "--help") for arg in argv):
+        raise CliHelp(_help_text(model, positional, aliases, short))
     valid = list(model.model_fields)
     open_dicts = _open_dict_fields(model)
-    pairs, bare = _split(argv, _bool_fields(model))
+    bools = _bool_fields(model)
+    pairs, bare = _split(argv, bools | {a for a, target in aliases.items() if target in bools}, short)
     tree: dict[str, Any] = {}
     for key, value in pairs:
         key = aliases.get(key, key)
         top = key.split(".", 1)[0]
         if top not in model.model_fields:
-            raise _unknown_key_error(key, valid)
+            raise _unknown_key_error(key, valid, aliases, short)
         if "." in key and top not in open_dicts and not _is_model_field(model, top):
             raise CliError(f"{key}: {top!r} has no sub-keys")
         _insert(tree, key, value)

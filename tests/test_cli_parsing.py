@@ -110,3 +110,44 @@ def test_fast_values_equal_omegaconf_on_a_generated_corpus() -> None:
         slow = _omegaconf_value(raw)
         assert (type(fast), fast) == (type(slow), slow), raw
     assert taken > 300  # the corpus exercises the fast path, not only the fallback
+
+
+_ALIASES = {"agent": "agent_name", "again": "resume", "temperature": "responses_create_params.temperature"}
+_SHORT = {"a": "agent_name", "r": "resume"}
+
+
+def test_aliases_and_one_letter_flags_set_the_same_keys() -> None:
+    plus = parse_cli(["+agent_name=x", "+resume=true", "+responses_create_params.temperature=0.5", "+limit=2"], _Cfg)
+    for argv in (["--agent", "x", "--again", "--temperature", "0.5", "--limit", "2"],
+                 ["-a", "x", "-r", "--temperature=0.5", "+limit=2"],
+                 ["-a=x", "--again=true", "+temperature=0.5", "--limit=2"]):
+        assert parse_cli(argv, _Cfg, aliases=_ALIASES, short=_SHORT) == plus, argv
+
+
+def test_an_alias_of_a_switch_takes_no_value() -> None:
+    # --again is a bool key under another name: the next argument is not swallowed as its value.
+    cfg = parse_cli(["--again", "--agent", "x"], _Cfg, aliases=_ALIASES)
+    assert cfg.resume is True and cfg.agent_name == "x"
+
+
+def test_unknown_flags_name_the_valid_keys_and_the_other_spellings() -> None:
+    with pytest.raises(CliError) as info:
+        parse_cli(["-z", "1", "+agent_name=x"], _Cfg, aliases=_ALIASES, short=_SHORT)
+    msg = str(info.value)
+    assert msg.startswith("unknown flag '-z'") and "agent_name" in msg and "--agent/-a" in msg
+    with pytest.raises(CliError, match=r"unknown key 'tempreature' \(did you mean 'temperature'\?\)"):
+        parse_cli(["--tempreature", "1"], _Cfg, aliases=_ALIASES, short=_SHORT)
+    with pytest.raises(CliError, match="-a needs a value"):
+        parse_cli(["-a"], _Cfg, short=_SHORT)
+    assert parse_cli(["-a", "x", "--limit", "-3"], _Cfg, short=_SHORT).limit == -3  # a value, not a flag
+
+
+def test_help_shows_the_other_spellings_beside_their_keys() -> None:
+    from rollgate._cli import CliHelp
+
+    with pytest.raises(CliHelp) as shown:
+        parse_cli(["--help"], _Cfg, aliases=_ALIASES, short=_SHORT)
+    lines = str(shown.value).splitlines()
+    assert any(line.startswith("  agent_name") and "(also --agent/-a)" in line for line in lines)
+    assert any(line.startswith("  responses_create_params") and "--temperature" in line for line in lines)
+    assert any(line.startswith("  resume") and "--again/-r" in line for line in lines)

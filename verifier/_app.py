@@ -5,7 +5,8 @@
     POST /verify_batch   -> {"results": [...]} for {"requests": [verify body, ...]} (see ``_fastpath.py``)
     POST /<tool>         -> the tool's JSON answer (the body is its keyword arguments)
     POST /close_session  -> {}            runs the close hook, forgets the session
-    POST /aggregate_metrics -> the server's ``aggregate_metrics(body)`` answer (404 when it has none)
+    POST /aggregate_metrics -> the server's ``aggregate_metrics(body)`` answer, else NeMo Gym's default
+                            (``AggregateMetrics`` for ``{"verify_responses": [...]}``, see ``_aggregate.py``)
     GET  /healthz, /readyz -> {"status": "ok"|"load_error", "verifier", "version", "load_error", "reloads"}
     GET  /metrics        -> Prometheus exposition (requests by endpoint and outcome, durations, rewards, sessions,
                             loaded version, reloads)

@@ -19,8 +19,9 @@ import secrets
 from collections import OrderedDict
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from rollgate.verifier._aggregate import aggregate_metrics
 from rollgate.verifier._base import Session
 from rollgate.verifier._calls import Handler
 from rollgate.verifier._isolation import Isolation, VerifyLimits
@@ -29,13 +30,13 @@ from rollgate.verifier.errors import (
     InvalidRequest,
     InvalidReward,
     InvalidSession,
-    NotFound,
     RequestError,
     SessionHookFailed,
     ToolFailed,
     UnknownTool,
     VerifyFailed,
 )
+from rollgate.verifier.protocol import AggregateMetricsRequest
 
 __all__ = ["VerifierCore", "session_mode"]
 
@@ -229,10 +230,21 @@ class VerifierCore:
         return reward_fields(result), loaded
 
     async def aggregate_metrics(self, body: dict[str, Any]) -> Any:
-        """The server's optional ``aggregate_metrics(body)`` hook (a NeMo Gym resources-server route)."""
+        """The server's own ``aggregate_metrics(body)`` when it has one, else NeMo Gym's default answer
+        (``_aggregate``), computed in a pool thread so a large run's rows do not hold up the loop."""
         hook = self.loaded.aggregate_hook
         if hook is None:
-            raise NotFound(f"verifier {self.loaded.name} has no aggregate_metrics")
+            try:
+                rows = AggregateMetricsRequest.model_validate(body).verify_responses
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(map(str, first["loc"])) or "the body"
+                raise InvalidRequest(f'aggregate_metrics needs {{"verify_responses": [objects]}}: {where}: '
+                                     f"{first['msg']}") from None
+            try:
+                return await self.isolation.in_thread(aggregate_metrics, (rows,), {}, timeout_s=None)
+            except ValueError as exc:
+                raise InvalidRequest(f"aggregate_metrics: {exc}") from None
         try:
             return _plain(await hook.call((body,), {}, None, isolation=self.isolation))
         except RequestError:

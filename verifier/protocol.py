@@ -7,6 +7,10 @@ real NeMo Gym bodies in the tests.
 
     req = VerifyRequest.model_validate(row)              # responses_create_params, response, task fields
     ans = VerifyResponse.model_validate(answer_json)     # the same fields plus reward (and metrics)
+
+``AggregateMetricsRequest`` / ``AggregateMetrics`` mirror NeMo Gym's models of ``POST /aggregate_metrics``, which
+NeMo Gym's collector posts once at the end of a run (the answer is what ``rollgate.verifier._aggregate`` computes
+unless the server has its own ``aggregate_metrics``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ErrorBody", "ErrorDetail", "SessionRequest", "SessionResponse", "VerifyRequest", "VerifyResponse"]
+__all__ = ["AggregateMetrics", "AggregateMetricsRequest", "ErrorBody", "ErrorDetail", "SessionRequest",
+           "SessionResponse", "VerifyRequest", "VerifyResponse"]
 
 
 class VerifyRequest(BaseModel):
@@ -59,3 +64,34 @@ class ErrorBody(BaseModel):
     """Every 4xx/5xx answer of a rollgate verifier: ``{"error": {"kind", "message"}}``."""
 
     error: ErrorDetail
+
+
+class AggregateMetricsRequest(BaseModel):
+    """``POST /aggregate_metrics`` body: the run's verify answers, each with ``_ng_task_index``,
+    ``_ng_rollout_index`` (absent: 0) and ``reward`` (``response`` cut down to ``usage`` by NeMo Gym's collector).
+
+        AggregateMetricsRequest.model_validate({"verify_responses": rows})
+    """
+
+    verify_responses: list[dict[str, Any]]
+    """One object per rollout."""
+
+
+class AggregateMetrics(BaseModel):
+    """``POST /aggregate_metrics`` answer: flat string keys, ready to log.
+
+        AggregateMetrics.model_validate(answer_json).key_metrics   # {"mean/reward": 0.5, ...}
+    """
+
+    group_level_metrics: list[dict[str, Any]] = Field(default_factory=list)
+    """Per task (``_ng_task_index``): ``mean/…``, ``max/…``, ``min/…``, ``median/…``, ``std/…``, rollout counts and
+    each rollout's own numbers (``rollout_infos``)."""
+    agent_metrics: dict[str, Any] = Field(default_factory=dict)
+    """The same statistics over every rollout, ``num_repeats``, and with several repeats ``…_across_repeats/…``."""
+    key_metrics: dict[str, Any] = Field(default_factory=dict)
+    """The headline numbers: the ``mean/…`` entries of ``agent_metrics`` (and ``coverage/…`` when rows were
+    masked)."""
+    perf_summary: dict[str, Any] | None = None
+    """Token, turn and latency statistics of the rows' ``ng_perf``; null when no row carried one."""
+    repeat_level_metrics: list[dict[str, Any]] = Field(default_factory=list)
+    """Per repeat (``_ng_rollout_index``), when there are several: each metric's statistics over the tasks."""

@@ -42,17 +42,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rollgate._cli import parse_cli, run_cli
+from rollgate._cli import parse_cli, run_cli, spellings
 from rollgate.collector._json import dumps
 from rollgate.collector._outputs import back_up, failures_path, manifest_path, utc_stamp
 from rollgate.collector.errors import CollectorError, InputError, OutputError, UnknownAgentError, UsageError
 from rollgate.collector.run._channels import TlsFiles
-from rollgate.collector.run._config import COLLECT_ALIASES, CollectConfig
+from rollgate.collector.run._config import COLLECT_ALIASES, COLLECT_SHORT, CollectConfig
 from rollgate.collector.run._gateway_client import GatewayClient
 from rollgate.collector.run._journal import Journal, journal_path, journal_paths
 from rollgate.collector.run._manifest import RunRecord, endpoints_of, write_manifest
 from rollgate.collector.run._resume import ExistingRows, partial_paths, resume_sources, warn_about
-from rollgate.collector.run._rows import RESERVED_KEYS, MeansAccumulator, build_row
+from rollgate.collector.run._rows import MeansAccumulator, added_fields, build_row, stamp_bookkeeping
 from rollgate.collector.run._tasks import RolloutSpec, check_input, iter_specs, shard_task_count
 from rollgate.collector.run._writer import GroupWriter
 from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
@@ -91,10 +91,14 @@ def reorder_window(num_samples_in_parallel: int, num_repeats: int) -> int:
 
 
 def _usage() -> str:
-    lines = ["usage: ng_collect_rollouts +key=value ... (or --key value)", "", "keys:"]
+    lines = ["usage: ng_collect_rollouts +key=value ... (or --key value, or NeMo Gym's gym eval run flags:",
+             "       ng_collect_rollouts --agent my_agent --input in.jsonl --output out.jsonl --num-repeats 2)",
+             "", "keys:"]
     for name, info in CollectConfig.model_fields.items():
         required = " (required)" if info.is_required() else ""
-        lines.append(f"  {name}{required}: {info.description or ''}")
+        also = spellings(name, COLLECT_ALIASES, COLLECT_SHORT)
+        flags = f" [also {', '.join(also)}]" if also else ""
+        lines.append(f"  {name}{required}{flags}: {info.description or ''}")
     return "\n".join(lines)
 
 
@@ -145,7 +149,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def _run(args: list[str]) -> int:
-    cfg = parse_cli(args, CollectConfig, aliases=COLLECT_ALIASES)
+    cfg = parse_cli(args, CollectConfig, aliases=COLLECT_ALIASES, short=COLLECT_SHORT)
     try:
         with asyncio.Runner(loop_factory=_new_loop) as runner:
             return runner.run(collect(cfg, command=resume_command(args)))
@@ -376,7 +380,8 @@ async def _run_rollouts(cfg: CollectConfig, client: GatewayClient, record: RunRe
         # Reused: it counts towards the means like a fresh one (its added fields are those the task lacks).
         record.succeeded += 1
         record.reused += 1
-        means.add({k: v for k, v in row.items() if k not in spec.row and k not in RESERVED_KEYS})
+        # A row written before the NeMo Gym keys existed gets them now, like every row of this run.
+        means.add(added_fields(stamp_bookkeeping(row, spec, cfg.agent_name), spec.row))
         record.scored(row["_rollout"].get("verifier_version"), row.get("reward"))
         writer.add(spec.seq, row, True)
         bar.update(1)

@@ -3,8 +3,15 @@
 Every field can be given as ``+key=value`` or ``--key value``; ``+responses_create_params.X=V`` sets one
 request parameter (the highest-precedence layer). Bad values fail before anything is read or sent.
 
+NeMo Gym's current spellings (``gym eval run``'s flags, ``nemo_gym/cli/main.py``) work too, meaning what they mean
+there: ``--agent/-a``, ``--input/-i``, ``--output/-o``, ``--num-repeats``, ``--concurrency`` (at most this many
+rollouts at once: ``num_samples_in_parallel``), ``--temperature``, ``--top-p``, ``--max-output-tokens`` (request
+parameters, as ``+responses_create_params.X``), ``--resume`` (a switch), ``--limit``; and the older
+``+resume_from_cache``.
+
     cfg = parse_cli(["+agent_name=my_agent", "+input_jsonl_fpath=t.jsonl", "+output_jsonl_fpath=o.jsonl"],
-                    CollectConfig, aliases=COLLECT_ALIASES)
+                    CollectConfig, aliases=COLLECT_ALIASES, short=COLLECT_SHORT)
+    # the same config: ["-a", "my_agent", "-i", "t.jsonl", "-o", "o.jsonl"]
 """
 
 from __future__ import annotations
@@ -14,11 +21,21 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["COLLECT_ALIASES", "DEFAULT_GATEWAY", "CollectConfig"]
+__all__ = ["COLLECT_ALIASES", "COLLECT_SHORT", "DEFAULT_GATEWAY", "CollectConfig"]
 
 DEFAULT_GATEWAY = "127.0.0.1:50051"
-# The documented NeMo Gym spelling of resume.
-COLLECT_ALIASES = {"resume_from_cache": "resume"}
+# NeMo Gym's spellings: the documented +resume_from_cache, and `gym eval run`'s flags (dashes read as underscores).
+COLLECT_ALIASES = {
+    "resume_from_cache": "resume",
+    "agent": "agent_name",
+    "input": "input_jsonl_fpath",
+    "output": "output_jsonl_fpath",
+    "concurrency": "num_samples_in_parallel",
+    "temperature": "responses_create_params.temperature",
+    "top_p": "responses_create_params.top_p",
+    "max_output_tokens": "responses_create_params.max_output_tokens",
+}
+COLLECT_SHORT = {"a": "agent_name", "i": "input_jsonl_fpath", "o": "output_jsonl_fpath"}
 
 
 def _default_gateway() -> str:

@@ -7,6 +7,17 @@ The response and trajectory are the bulk of a row and the collector never looks 
 the gateway (compact, as an encoder wrote them) are spliced into the output line as they are (``RawJSON``) rather
 than parsed and serialised again. Bytes that do not look like one JSON object / array take the parsing path, so
 the row written is the same JSON as when everything was parsed.
+
+Every row (failures sidecar included) also carries NeMo Gym's bookkeeping, so code written for NeMo Gym's output
+reads ours: ``_ng_task_index`` (the task's position in the input, the ``_rollout.task_index``), ``_ng_rollout_index``
+(the repeat, 0..num_repeats-1: NeMo Gym numbers each task's rollouts from 0) and ``agent_ref: {"name": agent}``.
+Each (task, rollout) pair is unique in a file, as NeMo Gym's readers require.
+
+An input row may be an earlier output fed back in (ours or NeMo Gym's). What a rollout produces is never taken from
+the input: ``response``, ``output``, ``reward``, ``error``, ``_rollout``, ``agent_ref`` and every ``_ng_*`` key
+(NeMo Gym's collector-owned prefix) of the input are dropped, and this run's are written; a failed rollout has no
+``reward``. Any other field passes through as a task field, so a previous verifier's extra fields stay as they
+were (``rollgate reverify`` re-scores a file instead).
 """
 
 from __future__ import annotations
@@ -20,9 +31,16 @@ from rollgate.collector._json import RawJSON, loads
 from rollgate.collector.run._tasks import RolloutSpec
 from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
 
-__all__ = ["RESERVED_KEYS", "BuiltRow", "MeansAccumulator", "build_row", "failed_result"]
+__all__ = ["NG_KEYS", "RESERVED_KEYS", "BuiltRow", "MeansAccumulator", "added_fields", "build_row", "failed_result",
+           "stamp_bookkeeping"]
 
-RESERVED_KEYS = frozenset({"responses_create_params", "response", "output", "_rollout", "error"})
+# NeMo Gym's names (nemo_gym/global_config.py: TASK_INDEX_KEY_NAME, ROLLOUT_INDEX_KEY_NAME, AGENT_REF_KEY_NAME).
+NG_TASK_INDEX, NG_ROLLOUT_INDEX, AGENT_REF = "_ng_task_index", "_ng_rollout_index", "agent_ref"
+NG_KEYS = frozenset({NG_TASK_INDEX, NG_ROLLOUT_INDEX, AGENT_REF})
+# Written by the collector on every row; a verifier field never overwrites them.
+RESERVED_KEYS = frozenset({"responses_create_params", "response", "output", "_rollout", "error"}) | NG_KEYS
+# What an input row (an earlier output fed back in) may carry from its own run: dropped, this run's written instead.
+_PRODUCED = (RESERVED_KEYS - {"responses_create_params"}) | {"reward"}
 
 
 @dataclass
@@ -59,8 +77,30 @@ def failed_result(rollout_id: str, stage: str, kind: str, message: str) -> pb.Ro
     )
 
 
+def _without_produced(task: dict[str, Any]) -> dict[str, Any]:
+    row = dict(task)
+    if not _PRODUCED.isdisjoint(row) or any(k.startswith("_ng_") for k in row):
+        for key in [k for k in row if k in _PRODUCED or k.startswith("_ng_")]:
+            del row[key]
+    return row
+
+
+def stamp_bookkeeping(row: dict[str, Any], spec: RolloutSpec, agent: str) -> dict[str, Any]:
+    """``row`` with NeMo Gym's bookkeeping keys set for ``spec``'s rollout (in place; returned for chaining)."""
+    row[NG_TASK_INDEX] = spec.task_index
+    row[NG_ROLLOUT_INDEX] = spec.repeat_index
+    row[AGENT_REF] = {"name": agent}
+    return row
+
+
+def added_fields(row: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a written row that its verifier added (what the means count): not task fields, not ours."""
+    return {k: v for k, v in row.items()
+            if k not in RESERVED_KEYS and not k.startswith("_ng_") and (k == "reward" or k not in task)}
+
+
 def build_row(spec: RolloutSpec, result: pb.RolloutResult, agent: str) -> BuiltRow:
-    row: dict[str, Any] = dict(spec.row)
+    row = _without_produced(spec.row)
     sent = _json_field(result.params_json, None)
     row["responses_create_params"] = sent if isinstance(sent, dict) and sent else spec.params
     response: Any = _spliced(result.response_json, 0x7B, 0x7D)  # {…}
@@ -87,7 +127,8 @@ def build_row(spec: RolloutSpec, result: pb.RolloutResult, agent: str) -> BuiltR
         if "reward" not in fields and result.HasField("reward"):
             fields["reward"] = result.reward
         for key, value in fields.items():
-            if key in spec.row or key in RESERVED_KEYS or key in row:
+            # The reward is the rollout's own, even where the input row had one; a task field is never replaced.
+            if key != "reward" and (key in spec.row or key in RESERVED_KEYS or key in row or key.startswith("_ng_")):
                 continue
             added[key] = value
             row[key] = value
@@ -115,6 +156,7 @@ def build_row(spec: RolloutSpec, result: pb.RolloutResult, agent: str) -> BuiltR
         "truncated": result.truncated,
         "timings": {"model_s": t.model_s, "tool_s": t.tool_s, "verify_s": t.verify_s, "total_s": t.total_s},
     }
+    stamp_bookkeeping(row, spec, agent)
     return BuiltRow(row=row, ok=ok, added=added, stage=None if ok else row["error"]["stage"])
 
 

@@ -11,7 +11,7 @@ import pytest
 from rollgate import collector
 from rollgate._cli import CliError, parse_cli
 from rollgate.collector import CollectConfig, collect_main, rollgate_main, viewer_main
-from rollgate.collector.run._config import COLLECT_ALIASES
+from rollgate.collector.run._config import COLLECT_ALIASES, COLLECT_SHORT
 
 REQUIRED = ["+agent_name=my_agent", "+input_jsonl_fpath=in.jsonl", "+output_jsonl_fpath=out.jsonl"]
 
@@ -96,3 +96,20 @@ def test_python_dash_m_collector_is_the_front_door() -> None:
                           text=True,
                           timeout=60)
     assert proc.returncode == 0 and "commands:" in proc.stdout
+
+
+def test_nemo_gyms_gym_eval_run_flags() -> None:
+    """NeMo Gym's current spellings (``gym eval run``, nemo_gym/cli/main.py) mean the same keys here."""
+    def parse(argv: list[str]) -> CollectConfig:
+        return parse_cli(argv, CollectConfig, aliases=COLLECT_ALIASES, short=COLLECT_SHORT)
+
+    nemo = parse(["--agent", "my_agent", "--input", "in.jsonl", "--output", "out.jsonl", "--num-repeats", "2",
+                  "--concurrency", "8", "--temperature", "0.7", "--top-p", "0.95", "--max-output-tokens", "512",
+                  "--resume", "--limit", "10"])
+    plus = parse(REQUIRED + ["+num_repeats=2", "+num_samples_in_parallel=8", "+responses_create_params.temperature=0.7",
+                             "+responses_create_params.top_p=0.95", "+responses_create_params.max_output_tokens=512",
+                             "+resume_from_cache=true", "+limit=10"])
+    assert nemo == plus
+    assert parse(["-a", "my_agent", "-i", "in.jsonl", "-o", "out.jsonl"]) == parse(REQUIRED)
+    # --resume is a switch in NeMo Gym (store_true): the next flag is not taken as its value.
+    assert parse(["--resume", "-a", "my_agent", "-i", "in.jsonl", "-o", "out.jsonl"]).resume is True
