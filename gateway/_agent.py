@@ -11,11 +11,11 @@ failure: its output is ``{"error": "..."}`` so the model can react, as it would 
 unreachable resources server fails the rollout (stage ``tool``).
 
 Re-verify, never regenerate: a request with ``prior_response_json`` (a resume's stored response of a rollout whose
-verify failed) skips the model loop: the session is seeded, that response verified as it is, and the session
-closed; the result carries it as the response (no model attempts). Only where that is safe: a ``single_turn``
-agent, a trajectory in which no tool ran, or a verifier that said it needs no session. Tools that ran in the first
-run's session may have left state there that a stateful server's ``/verify`` reads and a fresh session lacks, so
-such a rollout runs again from the start instead.
+verify failed) skips the model loop: the session is seeded, that response verified as it is (only the fields it
+lacks filled, as for any response), and the session closed; the result carries it as the response (no model
+attempts). Only where that is safe: a ``single_turn`` agent, a trajectory in which no tool ran, or a verifier that
+said it needs no session. Tools that ran in the first run's session may have left state there that a stateful
+server's ``/verify`` reads and a fresh session lacks, so such a rollout runs again from the start instead.
 
 Only declared tools run: a call is sent to ``POST /<name>`` only when the request's ``tools`` declared a function
 of that name, the name is a plain identifier (``[A-Za-z0-9_-]``, at most 64 characters, as OpenAI allows), and it is
@@ -49,6 +49,7 @@ from rollgate.gateway._metrics import GatewayMetrics
 from rollgate.gateway._model_client import ModelClient
 from rollgate.gateway._outcome import RolloutErrorInfo, RolloutOutcome, RolloutRequest
 from rollgate.gateway._resources import ResourcesSession, SessionHints, wait_detached_closes
+from rollgate.gateway._response import complete_response, verifier_params
 from rollgate.gateway._retry import RetryBudgets, RetryScope, retry_scope_var
 from rollgate.gateway._verify_batch import VerifyBatches
 from rollgate.gateway.errors import ConfigError, InputError, RolloutFailure, UnknownAgentError
@@ -353,9 +354,13 @@ class GatewayCore:
             raise InputError(f"responses_create_params: {exc}", kind="invalid_request", attempts=0) from None
         out.params = params
         prior = self._prior_response(request, agent)
-        resources = ResourcesSession(self.http, agent.verifier_url, agent, metrics=self.metrics,
-                                     token=route.verifier_token, hints=self.session_hints,
-                                     batches=self.verify_batches)
+        # The task row as sent, with the effective params (the Responses API's fields of them): the /seed_session
+        # body, and /verify's with the response (NeMo Gym's simple_agent sends the same two).
+        row = {k: v for k, v in task.items() if k != "responses_create_params"}
+        row["responses_create_params"] = verifier_params(params)
+        resources = ResourcesSession(self.http, agent.verifier_url, agent, rollout_id=request.rollout_id,
+                                     seed_body=row, metrics=self.metrics, token=route.verifier_token,
+                                     hints=self.session_hints, batches=self.verify_batches)
         run.stage = "verify"
         t0 = time.perf_counter()
         # Only a tool-calling rollout that offers the model tools will call the server's tools.
@@ -365,16 +370,16 @@ class GatewayCore:
             if prior is None:
                 await self._loop(route, params, conversation, resources, run)
                 assert run.last is not None
-                response = {**run.last, "output": out.output, "usage": run.usage}
+                response = complete_response(run.last, params, output=out.output, usage=run.usage)
             else:  # re-verify the stored response: the model is not called
                 out.output = [i for i in prior["output"] if isinstance(i, dict)]
                 out.truncated = agent.kind == "tool_calling" and _unanswered_calls(out.output)
-                response = {**prior, "output": out.output}
+                usage = prior.get("usage")
+                response = complete_response(prior, params, output=out.output,
+                                             usage=usage if isinstance(usage, dict) else None)
             out.response = response
             out.model = str(response.get("model") or agent.model.name)
-            body = {k: v for k, v in task.items() if k != "responses_create_params"}
-            body["responses_create_params"] = params
-            body["response"] = response
+            body = {**row, "response": response}
             run.stage = "verify"
             t0 = time.perf_counter()
             try:

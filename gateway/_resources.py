@@ -4,6 +4,20 @@
 concurrent rollouts never see each other's state. Then tool calls ``POST /<tool>``, ``POST /verify`` and a
 best-effort ``POST /close_session`` (third-party servers lack it; a 404 there is fine).
 
+The bodies are NeMo Gym 0.7's ``simple_agent``'s (its legacy ``run()``, which is what NeMo Gym's collector
+drives), so NeMo Gym's own servers take them as they take its agent's:
+
+- ``/seed_session``: the task row with the effective ``responses_create_params`` (servers read task fields
+  there: ``example_session_state_mgmt`` needs ``initial_count``);
+- ``/<tool>``: the call's parsed JSON arguments; a 2xx answer's body text, as it came, is the
+  ``function_call_output`` the model sees;
+- ``/verify``: the seed body plus ``response``;
+- ``/close_session``: ``{"resources_session_id": <rollout id>, "episode_id": {"rollout_id": <rollout id>}}``.
+  ``simple_agent`` never closes; NeMo Gym's ``SimpleResourcesServer`` validates this route as
+  ``ResourcesCloseSessionRequest`` (no other field allowed) and answers 422 to ``{}``. The episode's
+  ``rollout_id`` must match ``[A-Za-z0-9][A-Za-z0-9._-]*`` and not end in ``-a<N>``: the collector's hex ids do;
+  any other id is replaced there by a hash of it (``episode_rollout_id``). A rollgate verifier ignores the body.
+
 A seeded session is always closed, also when the rollout is cancelled (its deadline passed, its collector went
 away): ``close_detached`` sends ``/close_session`` from a task of its own, with a short timeout, so the close
 neither stretches the cancelled rollout nor dies with it. ``wait_detached_closes`` lets those calls finish (or
@@ -22,7 +36,7 @@ rollouts that finished together) when the verifier also says ``X-Rollgate-Verify
 A verifier answer ``{"error": {"kind": "timeout"}}`` (a rollgate verifier's verify ran past its
 ``--verify-timeout-s``; HTTP 504) fails the rollout as kind ``timeout`` at stage ``verify``, and is not retried.
 
-    rs = ResourcesSession(http, "http://127.0.0.1:8001", cfg, hints=hints)
+    rs = ResourcesSession(http, "http://127.0.0.1:8001", cfg, rollout_id="r1", seed_body=row, hints=hints)
     await rs.open(uses_tools=True); text = await rs.call_tool("add", '{"a": 1, "b": 2}')
     verdict, attempts = await rs.verify(body); await rs.close()
 """
@@ -30,8 +44,10 @@ A verifier answer ``{"error": {"kind": "timeout"}}`` (a rollgate verifier's veri
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +60,8 @@ from rollgate.gateway._retry import call_with_retry, never_reached, not_a_verify
 from rollgate.gateway._verify_batch import BATCH_HEADER, VerifyBatches
 from rollgate.gateway.errors import ToolError, VerifyError
 
-__all__ = ["CLOSE_TIMEOUT_S", "SESSION_HEADER", "ResourcesSession", "SessionHints", "Verdict", "wait_detached_closes"]
+__all__ = ["CLOSE_TIMEOUT_S", "SESSION_HEADER", "ResourcesSession", "SessionHints", "Verdict", "episode_rollout_id",
+           "wait_detached_closes"]
 
 log = logging.getLogger("rollgate.gateway.resources")
 
@@ -122,13 +139,27 @@ def _json_text(data: Any) -> str:
     return orjson.dumps(data).decode()
 
 
+# NeMo Gym's ``EpisodeId.rollout_id``: this pattern, and no ``-a<N>`` suffix (it marks an attempt there).
+_EPISODE_ROLLOUT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_ATTEMPT_SUFFIX = re.compile(r"-a[1-9][0-9]*\Z")
+
+
+def episode_rollout_id(rollout_id: str) -> str:
+    """``rollout_id`` as a valid NeMo Gym ``EpisodeId.rollout_id``: itself when it is one, else a hash of it."""
+    if _EPISODE_ROLLOUT_ID.fullmatch(rollout_id) and not _ATTEMPT_SUFFIX.search(rollout_id):
+        return rollout_id
+    return hashlib.sha256(rollout_id.encode()).hexdigest()[:32]
+
+
 class ResourcesSession:
     """The resources-server side of one rollout; not shared between rollouts."""
 
-    def __init__(self, http: HttpClient, base_url: str, cfg: AgentConfig, *,
-                 metrics: GatewayMetrics | None = None, token: str | None = None,
+    def __init__(self, http: HttpClient, base_url: str, cfg: AgentConfig, *, rollout_id: str,
+                 seed_body: dict[str, Any], metrics: GatewayMetrics | None = None, token: str | None = None,
                  hints: SessionHints | None = None, batches: VerifyBatches | None = None) -> None:
         self._http = http
+        self._rollout_id = rollout_id
+        self._seed_body = seed_body
         self._batches = batches
         self._base = base_url.rstrip("/")
         self._cfg = cfg
@@ -165,9 +196,10 @@ class ResourcesSession:
         await self.seed()
 
     async def seed(self) -> int:
-        """``POST /seed_session``; keep its cookies. Returns the attempts made."""
+        """``POST /seed_session`` with the task row; keep its cookies. Returns the attempts made."""
         async def attempt(_n: int) -> None:
-            ans = await self._post("seed_session", {}, error=VerifyError, timeout_s=self._cfg.timeouts.verify_s)
+            ans = await self._post("seed_session", self._seed_body, error=VerifyError,
+                                   timeout_s=self._cfg.timeouts.verify_s)
             if ans.status != 404:  # a server without sessions is stateless; nothing to seed
                 raise_for_status(ans, VerifyError)
 
@@ -177,7 +209,9 @@ class ResourcesSession:
         return attempts
 
     async def call_tool(self, name: str, arguments: str) -> str:
-        """Run one tool; its answer as JSON text. An error *answer* becomes ``{"error": ...}`` for the model.
+        """Run one tool; its answer's body text, as the server wrote it (NeMo Gym's agent hands the model the raw
+        text too, so a deterministic model sees the same bytes behind either). An error *answer* becomes
+        ``{"error": ...}`` for the model.
 
         Only a missing answer (connection refused, timeout) raises ``ToolError``. Tools may not be idempotent,
         so a call is resent only when it provably never reached the server (connection refused, e.g. while a
@@ -197,10 +231,7 @@ class ResourcesSession:
             return _json_text({"error": f"unknown tool {name!r}"})
         if ans.status >= 400:
             return _json_text({"error": f"tool {name!r} failed with HTTP {ans.status}: {error_text(ans)}"})
-        try:
-            return _json_text(orjson.loads(ans.body))
-        except orjson.JSONDecodeError:
-            return ans.body.decode("utf-8", "replace")
+        return ans.body.decode("utf-8", "replace")
 
     async def verify(self, body: dict[str, Any]) -> tuple[Verdict, int]:
         """``POST /verify``; the verdict (added fields only) and the attempts made."""
@@ -246,8 +277,10 @@ class ResourcesSession:
         """Best-effort ``POST /close_session``: a failure is logged, never the rollout's failure."""
         if not self.seeded:
             return  # no session was opened (skipped, or the seed never answered)
+        body = {"resources_session_id": self._rollout_id,
+                "episode_id": {"rollout_id": episode_rollout_id(self._rollout_id)}}
         try:
-            ans = await self._post("close_session", {}, error=VerifyError,
+            ans = await self._post("close_session", body, error=VerifyError,
                                    timeout_s=self._cfg.timeouts.verify_s if timeout_s is None else timeout_s)
         except VerifyError as exc:
             log.debug("close_session failed: %s", exc.message)

@@ -91,7 +91,9 @@ class ResourcesServer:
     version: ClassVar[str | None] = None
 
     def seed_session(self, session: Session, body: dict[str, Any]) -> Any:
-        """Called by ``POST /seed_session`` with the new session and the request body (``{}`` when empty)."""
+        """Called by ``POST /seed_session`` with the new session and the request body: through the gateway, the
+        task row (its fields and ``responses_create_params``), as NeMo Gym's ``simple_agent`` sends it; ``{}`` when
+        a client posts nothing."""
         return None
 
     def close_session(self, session: Session) -> Any:

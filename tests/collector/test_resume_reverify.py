@@ -76,11 +76,11 @@ async def test_a_verify_failure_is_rescored_on_resume_from_its_stored_response_w
 
 
 async def test_a_tool_calling_rollout_is_rescored_only_when_no_tool_ran_in_its_session(tmp_path: Path) -> None:
-    with_tool = task('tool: add {"a": 1, "b": 2}', 'tools said: {"sum":3}')
+    with_tool = task('tool: add {"a": 1, "b": 2}', 'tools said: {"sum": 3}')
     with_tool["responses_create_params"]["tools"] = [{"type": "function", "name": "add", "parameters": {}}]
     rows_in = [with_tool, task("say: plain", "plain")]
     async with FakeModelServer() as model, FlakyVerifier() as rs:
-        rs.failing = {'tools said: {"sum":3}', "plain"}
+        rs.failing = {'tools said: {"sum": 3}', "plain"}
         async with live_gateway(make_config(model.base_url, rs.url)) as gw:  # tool_calling
             tasks = write_tasks(tmp_path / "tasks.jsonl", rows_in)
             out = tmp_path / "out.jsonl"

@@ -49,8 +49,9 @@ def _outputs(res: pb.RolloutResult) -> list[dict[str, Any]]:
 async def test_two_parallel_tool_calls_run_concurrently(fake_model: FakeModelServer) -> None:
     async with FakeResourcesServer(tool_latency_s=0.2) as rs:
         async with running_gateway(make_config(fake_model.base_url, rs.url)) as (stub, _):
+            # The model sees each tool's body text as the server wrote it (aiohttp's json.dumps spacing).
             res = await stub.Rollout(_req("r1", _tools(task('tool: add {"a": 2, "b": 3}\ntool: add {"a": 1, "b": 1}',
-                                                            'tools said: {"sum":5}|{"sum":2}'), "add")))
+                                                            'tools said: {"sum": 5}|{"sum": 2}'), "add")))
         assert rs.max_in_flight == 2
     assert res.status == pb.ROLLOUT_STATUS_OK, res.error
     assert res.reward == 1.0 and res.attempts == 2 and not res.truncated
