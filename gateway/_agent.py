@@ -425,6 +425,14 @@ class GatewayCore:
     async def _call_model(self, route: Route, params: dict[str, Any], run: _Run) -> dict[str, Any]:
         out = run.outcome
         run.stage = "model"
+        # Model calls follow the agent's current model (its resources session stays the rollout's own): a new
+        # checkpoint set mid-rollout serves the calls after it, as an in-place weight update would, and each call
+        # records the version that served it.
+        current = self._routes.get(route.name)
+        if current is not None and current.generation != route.generation:
+            route = current
+            params = {**params, "model": current.cfg.model.name}
+        out.policy_versions.append(route.cfg.model.version)
         t0 = time.perf_counter()
         try:
             response, attempts = await route.model.create(params)

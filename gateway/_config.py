@@ -49,6 +49,10 @@ class ModelEndpoint(_Strict):
     """Consecutive connection errors/timeouts/5xx after which a replica sits out a cool-down."""
     cooldown_s: float = Field(default=10.0, ge=0)
     """How long a failing replica is left out before it is tried again."""
+    version: str | None = Field(default=None, min_length=1)
+    """The policy version this model serves (a checkpoint name, e.g. ``iter_002``): recorded on every model call
+    it serves (the row's ``_rollout.policy_versions``). Change it with the checkpoint, by config reload or
+    ``rollgate gateway set AGENT +model.version=iter_003``: model calls made after the change record the new one."""
 
 
 class Timeouts(_Strict):

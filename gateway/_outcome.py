@@ -91,6 +91,7 @@ class RolloutOutcome:
     attempts: int = 0
     truncated: bool = False
     params: dict[str, Any] = field(default_factory=dict)
+    policy_versions: list[str | None] = field(default_factory=list)  # per model call, in order
 
     @property
     def ok(self) -> bool:

@@ -97,6 +97,8 @@ def outcome_to_pb(out: RolloutOutcome) -> pb.RolloutResult:
         truncated=out.truncated,
         params_json=_json(out.params),
     )
+    if out.policy_versions:
+        result.policy_versions.extend(v or "" for v in out.policy_versions)
     # Set in place: building a Timings / RolloutError message and copying it in costs an extra message each.
     timings = result.timings
     timings.model_s = t.model_s

@@ -154,6 +154,8 @@ def build_row(spec: RolloutSpec, result: pb.RolloutResult, agent: str) -> BuiltR
         "verifier_version": result.verifier_version or ("unknown" if ok else None),
         "attempts": result.attempts,
         "truncated": result.truncated,
+        # One per model call: the policy version that served it (null: the agent's model had none).
+        "policy_versions": [v or None for v in result.policy_versions],
         "timings": {"model_s": t.model_s, "tool_s": t.tool_s, "verify_s": t.verify_s, "total_s": t.total_s},
     }
     stamp_bookkeeping(row, spec, agent)

@@ -9,6 +9,9 @@ Rules, as in the CLI:
 - A group with a failed rollout is never yielded (a failure is not a reward of 0): it goes to ``on_failure`` (or
   the ``failures`` list) with every row of the group, the failed ones carrying ``error``.
 - ``drop_uniform=True`` drops groups whose rewards are all equal (no GRPO signal); they are counted.
+- ``policy_ok`` bounds policy lag: a group any of whose model calls was served by a policy version it rejects
+  (``_rollout.policy_versions``, from the agent's ``model.version``) is dropped as stale and counted, e.g.
+  ``policy_ok=lambda v: v is not None and v >= "iter_004"`` after ``rollgate gateway set … +model.version=iter_005``.
 - ``want=N`` ends the stream after exactly N yielded groups: a new task starts only while the groups yielded or
   kept for yielding plus those still running are fewer than N, so a dropped or failed group is refilled and no
   rollout is run for a group that could not be used.
@@ -91,6 +94,7 @@ class StreamStats:
 
     kept: int = 0
     dropped_uniform: int = 0
+    dropped_stale: int = 0
     failed: int = 0
     rollouts: int = 0
     tasks_started: int = 0
@@ -131,6 +135,7 @@ class GroupStream:
         deadline_s: float = 1800.0,
         tls: TlsFiles | None = None,
         on_failure: Callable[[GroupFailure], None] | None = None,
+        policy_ok: Callable[[str | None], bool] | None = None,
     ) -> None:
         if group_size < 1 or max_in_flight < 1 or buffer_groups < 1 or (want is not None and want < 1):
             raise ValueError("group_size, max_in_flight, buffer_groups and want must be at least 1")
@@ -138,6 +143,7 @@ class GroupStream:
         self.group_size = group_size
         self.want = want
         self.drop_uniform = drop_uniform
+        self.policy_ok = policy_ok
         self.max_in_flight = max_in_flight
         self.buffer_groups = buffer_groups
         self.overrides = dict(overrides or {})
@@ -261,6 +267,9 @@ class GroupStream:
         if not all(pending.ok):
             self.stats.failed += 1
             self._on_failure(GroupFailure(spec.task_index, pending.task, rows))
+        elif self.policy_ok is not None and not all(
+                self.policy_ok(v) for row in rows for v in row["_rollout"].get("policy_versions") or [None]):
+            self.stats.dropped_stale += 1
         elif self.drop_uniform and len({row.get("reward") for row in rows}) == 1:
             self.stats.dropped_uniform += 1
         else:

@@ -77,7 +77,8 @@ def test_output_row_contents(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert first["response"]["output"] == first["output"]
     meta = first["_rollout"]
     assert set(meta) == {"id", "task_index", "repeat_index", "agent", "model", "seed", "verifier_version",
-                         "attempts", "truncated", "timings"}
+                         "attempts", "truncated", "timings", "policy_versions"}
+    assert meta["policy_versions"] == []  # this fake gateway reports no model calls
     assert meta["agent"] == "my_agent" and meta["seed"] == 42 and meta["model"] == "fake-model"
     assert meta["verifier_version"] == VERIFIER_VERSION and meta["attempts"] == 1 and meta["truncated"] is False
     assert set(meta["timings"]) == {"model_s", "tool_s", "verify_s", "total_s"}

@@ -144,3 +144,23 @@ def test_the_grpo_example_writes_a_batch_with_group_normalised_advantages(tmp_pa
         assert abs(sum(r["advantage"] for r in group)) < 1e-6
         assert {r["completion"].split()[0] for r in group} == {"answer"}
         assert all((r["advantage"] > 0) == (r["reward"] == 1.0) for r in group)
+
+
+async def test_groups_from_a_policy_older_than_allowed_are_dropped_as_stale_and_refilled() -> None:
+    tasks = [{"responses_create_params": {"input": "choose: yes|no"}, "expected_answer": "yes", "id": i}
+             for i in range(200)]
+    async with FakeModelServer(latency_s=0.005) as model, FakeResourcesServer() as rs:
+        cfg = make_config(model.base_url, rs.url, kind="single_turn", model={"version": "iter_001"})
+        async with live_gateway(cfg) as gw:
+            async with GroupStream(f"127.0.0.1:{gw.port}", "a", tasks, group_size=4, want=6, max_in_flight=8,
+                                   policy_ok=lambda v: v == "iter_002") as stream:
+                async with asyncio.timeout(30):
+                    while stream.stats.dropped_stale < 2:  # groups of the old policy come back and are dropped
+                        await asyncio.sleep(0.01)
+                await gw.core.set_route("a", {"model": {"version": "iter_002"}})  # the new checkpoint
+                groups = [g async for g in stream]
+    assert len(groups) == 6
+    assert all(r["_rollout"]["policy_versions"] == ["iter_002"] for g in groups for r in g.rows)
+    stats = stream.stats
+    assert stats.kept == 6 and stats.dropped_stale >= 2
+    assert stats.tasks_started == stats.kept + stats.dropped_stale + stats.dropped_uniform + stats.failed

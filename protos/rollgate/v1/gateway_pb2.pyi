@@ -201,6 +201,7 @@ class RolloutResult(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
     PARAMS_JSON_FIELD_NUMBER: _builtins.int
+    POLICY_VERSIONS_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     status: Global___RolloutStatus.ValueType
     reward: _builtins.float
@@ -223,6 +224,12 @@ class RolloutResult(_message.Message):
     def error(self) -> Global___RolloutError: ...
     @_builtins.property
     def timings(self) -> Global___Timings: ...
+    @_builtins.property
+    def policy_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One per model call, in call order: the policy version (the agent's model.version) that served it; "" when
+        the agent's model had none. A rollout that spans a route swap lists both versions.
+        """
+
     def __init__(
         self,
         *,
@@ -239,10 +246,11 @@ class RolloutResult(_message.Message):
         attempts: _builtins.int = ...,
         truncated: _builtins.bool = ...,
         params_json: _builtins.bytes = ...,
+        policy_versions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_reward", b"_reward", "error", b"error", "reward", b"reward", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reward", b"_reward", "attempts", b"attempts", "error", b"error", "model", b"model", "output_json", b"output_json", "params_json", b"params_json", "response_json", b"response_json", "reward", b"reward", "rollout_id", b"rollout_id", "status", b"status", "timings", b"timings", "truncated", b"truncated", "verifier_fields_json", b"verifier_fields_json", "verifier_version", b"verifier_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_reward", b"_reward", "attempts", b"attempts", "error", b"error", "model", b"model", "output_json", b"output_json", "params_json", b"params_json", "policy_versions", b"policy_versions", "response_json", b"response_json", "reward", b"reward", "rollout_id", b"rollout_id", "status", b"status", "timings", b"timings", "truncated", b"truncated", "verifier_fields_json", b"verifier_fields_json", "verifier_version", b"verifier_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__reward: _TypeAlias = _typing.Literal["reward"]  # noqa: Y015
     _WhichOneofArgType__reward: _TypeAlias = _typing.Literal["_reward", b"_reward"]  # noqa: Y015
