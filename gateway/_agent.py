@@ -10,6 +10,11 @@ Design choice: a tool the server does not know (404) or that answers an error (e
 failure: its output is ``{"error": "..."}`` so the model can react, as it would to any tool result. Only an
 unreachable resources server fails the rollout (stage ``tool``).
 
+Training mode (an agent's ``training: true``, see ``_training``): its backend is probed when routes are built (a
+backend without token ids or ``/tokenize`` refuses the agent), each model call's last output item carries the
+call's token ids and log-probs, and a call whose prompt ids do not extend the previous call's marks the rollout
+(``response.metadata.rollgate_token_prefix_mismatch``). Without it none of this runs.
+
 Re-verify, never regenerate: a request with ``prior_response_json`` (a resume's stored response of a rollout whose
 verify failed) skips the model loop: the session is seeded, that response verified as it is (only the fields it
 lacks filled, as for any response), and the session closed; the result carries it as the response (no model
@@ -51,6 +56,7 @@ from rollgate.gateway._outcome import RolloutErrorInfo, RolloutOutcome, RolloutR
 from rollgate.gateway._resources import ResourcesSession, SessionHints, wait_detached_closes
 from rollgate.gateway._response import complete_response, verifier_params
 from rollgate.gateway._retry import RetryBudgets, RetryScope, retry_scope_var
+from rollgate.gateway._training import PrefixCheck, TrainingGate
 from rollgate.gateway._verify_batch import VerifyBatches
 from rollgate.gateway.errors import ConfigError, InputError, RolloutFailure, UnknownAgentError
 
@@ -126,6 +132,8 @@ class _Run:
         self.stage = "input"
         # The attempts of its latest call (model, tool or verifier), kept by the retry policy as they are made.
         self.scope = scope
+        # Training mode: the token-exactness check across its model calls (created at its first training call).
+        self.tokens: PrefixCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +145,8 @@ class Route:
     model: ModelClient
     verifier_token: str | None
     generation: int
+    training: TrainingGate | None = None
+    """A training agent's backend check (None when ``training`` is off)."""
 
 
 def _env_secret(env: str | None, key: str) -> str | None:
@@ -199,7 +209,9 @@ class GatewayCore:
         if os.environ.get("ROLLGATE_VERIFY_BATCH", "on").strip().lower() not in ("0", "off", "false", "no"):
             self.verify_batches = VerifyBatches(self._http, self.metrics)
         try:
-            self._routes = self._build(self._config)
+            routes = self._build(self._config)
+            await self._check_training(routes)
+            self._routes = routes
         except BaseException:
             await self.aclose()
             raise
@@ -213,14 +225,26 @@ class GatewayCore:
             warned = old.model.warned if old is not None else None
             model = ModelClient(name, cfg, self.http, self._pool, self.metrics, warned)
             token = _env_secret(cfg.verifier_token_env, f"agents.{name}.verifier_token_env")
-            routes[name] = Route(name, cfg, model, token, self._generation)
+            gate = None
+            if cfg.training:  # the same backend keeps its verdict across swaps (e.g. a new model.version)
+                gate = old.training if old is not None and old.training is not None else None
+                if gate is None or gate.key != TrainingGate(name, cfg).key:
+                    gate = TrainingGate(name, cfg)
+            routes[name] = Route(name, cfg, model, token, self._generation, gate)
         return routes
+
+    async def _check_training(self, routes: dict[str, Route]) -> None:
+        """Probe the training agents' backends; ``ConfigError`` with the reason when one cannot serve training."""
+        gates = [(r.training, r.model.headers) for r in routes.values() if r.training is not None]
+        if gates:
+            await asyncio.gather(*(gate.check(self.http, headers) for gate, headers in gates))
 
     async def apply_config(self, config: GatewayConfig, source: str) -> None:
         """Swap every route to ``config``; rollouts in flight finish on their old route. ``ConfigError`` = refused."""
         async with self._swap_lock:
             try:
                 routes = self._build(config)
+                await self._check_training(routes)
             except ConfigError:
                 self.metrics.route_rejections.labels(source).inc()
                 raise
@@ -371,6 +395,8 @@ class GatewayCore:
                 await self._loop(route, params, conversation, resources, run)
                 assert run.last is not None
                 response = complete_response(run.last, params, output=out.output, usage=run.usage)
+                if run.tokens is not None:
+                    run.tokens.mark(response)
             else:  # re-verify the stored response: the model is not called
                 out.output = [i for i in prior["output"] if isinstance(i, dict)]
                 out.truncated = agent.kind == "tool_calling" and _unanswered_calls(out.output)
@@ -435,6 +461,8 @@ class GatewayCore:
         out.policy_versions.append(route.cfg.model.version)
         t0 = time.perf_counter()
         try:
+            if route.training is not None:
+                await route.training.ensure(self.http, route.model.headers)
             response, attempts = await route.model.create(params)
         except RolloutFailure as exc:
             out.attempts += exc.attempts
@@ -446,6 +474,10 @@ class GatewayCore:
             out.timings.model_s += time.perf_counter() - t0
         out.attempts += attempts
         run.last = response
+        if route.training is not None:
+            if run.tokens is None:
+                run.tokens = PrefixCheck()
+            run.tokens.observe(response)
         usage = response.get("usage")
         _sum_usage(run.usage, usage)
         if isinstance(usage, dict):

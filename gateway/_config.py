@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rollgate.gateway.errors import ConfigError
 
@@ -125,6 +125,18 @@ class AgentConfig(_Strict):
     """Per-call timeouts and the rollout deadline."""
     retries: RetryConfig = RetryConfig()
     """Retry budget for transient model and verifier failures."""
+    training: bool = False
+    """Training mode (RL): every model call asks the backend (vLLM, ``api: chat_completions``) for token ids and
+    log-probs and records ``prompt_token_ids``, ``generation_token_ids``, ``generation_log_probs`` on one output
+    item per call; a call whose prompt ids do not extend the previous call's is marked in the response's
+    ``metadata.rollgate_token_prefix_mismatch``. A backend without them is refused at start-up (see ``_training``)."""
+
+    @model_validator(mode="after")
+    def _training_needs_chat(self) -> AgentConfig:
+        if self.training and self.model.api != "chat_completions":
+            raise ValueError("training: true needs model.api: chat_completions (token ids come from vLLM's "
+                             "/chat/completions with return_token_ids)")
+        return self
 
 
 class HttpLimits(_Strict):

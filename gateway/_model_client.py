@@ -2,7 +2,8 @@
 
 Replicas (several ``base_urls``) are chosen by ``BackendPool`` (least in flight, cool-down, AIMD limit), and a
 retry prefers another replica. Parameters that the chat backend has no slot for are dropped with one warning
-per agent and parameter, never one per rollout.
+per agent and parameter, never one per rollout. A training agent's calls ask for token ids and log-probs and
+carry them on one output item each (``_training.attach_token_fields``).
 
     client = ModelClient("my_agent", agent_cfg, http, pool)
     response, attempts = await client.create({"model": "m", "input": "hi"})
@@ -20,6 +21,7 @@ from rollgate.gateway._convert import chat_to_response, responses_to_chat
 from rollgate.gateway._http import HttpClient, parse_object, raise_for_status
 from rollgate.gateway._metrics import GatewayMetrics
 from rollgate.gateway._retry import call_with_retry
+from rollgate.gateway._training import attach_token_fields, training_body, wants_logprobs
 from rollgate.gateway.errors import ConfigError, ModelError, RolloutFailure
 
 __all__ = ["ModelClient"]
@@ -50,6 +52,11 @@ class ModelClient:
             self._headers["Authorization"] = f"Bearer {key}"
 
     @property
+    def headers(self) -> dict[str, str]:
+        """The headers every call to this model sends (its API key)."""
+        return self._headers
+
+    @property
     def warned(self) -> set[str]:
         return self._warned
 
@@ -70,6 +77,10 @@ class ModelClient:
             if dropped:
                 self._warn_dropped(dropped)
             path = "/chat/completions"
+        training = self.cfg.training
+        if training:
+            keep_logprobs = wants_logprobs(params)
+            training_body(body)
         timeout_s = self.cfg.timeouts.model_s
         endpoint = self.cfg.model
         last: list[str] = []
@@ -98,7 +109,10 @@ class ModelClient:
                                      kind="invalid_response", http_status=ans.status, url=ans.url)
                 return data
             try:
-                return chat_to_response(data)
+                response = chat_to_response(data)
+                if training:
+                    attach_token_fields(data, response, keep_logprobs=keep_logprobs)
+                return response
             except ValueError as exc:
                 raise ModelError(f"POST {ans.url}: {exc}", kind="invalid_response",
                                  http_status=ans.status, url=ans.url) from None
