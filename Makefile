@@ -56,11 +56,12 @@ lint: $(VENV)/.installed-dev
 	$(PY) -m mypy examples/grpo_batch.py
 	$(PY) -m ruff check .
 
-# Benchmarks (not part of `make test`): about 12 minutes on 2 cores; results into bench/RESULTS.md.
-bench: $(VENV)/.installed-dev
+# Benchmarks (not part of `make test`): about 14 minutes on 2 cores; results into bench/RESULTS.md.
+bench: $(VENV)/.installed-dev $(VENV)/.installed-model-file
 	$(PIP) install --quiet -e '.[dev,reasoning,bench]'
 	$(PY) bench/run.py --write
 	$(PY) -m bench.collector_rss 10000 1000000 --write
+	$(PY) bench/training.py --write
 
 demo: $(VENV)/.installed-embedded
 	$(PY) -m rollgate.collector demo

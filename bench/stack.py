@@ -143,9 +143,10 @@ class Stack:
 @contextmanager
 def running_stack(*, latency_ms: float = 0.0, model_args: list[str] | None = None,
                   verifier: str = "exact_match", kind: str = "single_turn",
-                  agent: dict[str, Any] | None = None) -> Iterator[Stack]:
+                  agent: dict[str, Any] | None = None, model_cmd: list[str] | None = None) -> Iterator[Stack]:
     """Fake model, verifier and gateway (metrics on a free port) as processes; ``agent`` adds to the agent's
-    config (``model`` merged key by key)."""
+    config (``model`` merged key by key); ``model_cmd`` starts another fake model (its arguments after
+    ``python``), e.g. ``["-m", "tests.fakes.vllm_server", "--port", "0"]``."""
     procs: list[subprocess.Popen[str]] = []
     with tempfile.TemporaryDirectory(prefix="rollgate-bench-") as tmp:
         work = Path(tmp)
@@ -156,8 +157,8 @@ def running_stack(*, latency_ms: float = 0.0, model_args: list[str] | None = Non
                 procs.append(proc)
                 return proc, _ready(proc)
 
-            model, m_ready = start("-m", "tests.fakes.model_server", "--port", "0", "--latency-ms", str(latency_ms),
-                                   *(model_args or []))
+            model, m_ready = start(*(model_cmd or ["-m", "tests.fakes.model_server", "--port", "0", "--latency-ms",
+                                                   str(latency_ms), *(model_args or [])]))
             verif, v_ready = start("-m", "rollgate.verifier", "serve", verifier, "--port", "0")
             extra = dict(agent or {})
             config = {"agents": {"bench": {

@@ -49,10 +49,12 @@ auto is refused); ``supports_token_ids=False`` (a vLLM older than 0.10.2: no tok
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import json
 import re
+import signal
 import time
 import uuid
 import zlib
@@ -328,6 +330,7 @@ class FakeVLLMServer:
         logprobs = [token_logprob(len(prompt), i, t) for i, t in enumerate(ids)]
         gen = Generation(endpoint, list(prompt), ids, logprobs, self.tok.decode(ids, skip_special_tokens=True), finish)
         self.generations.append(gen)
+        del self.generations[:-1000]  # enough for any test; a benchmark's thousands of calls stay bounded
         return gen
 
     def _alternatives(self, gen: Generation, i: int, k: int) -> list[tuple[int, float]]:
@@ -475,3 +478,26 @@ class FakeVLLMServer:
 def prefix_extends(earlier: Sequence[int], later: Sequence[int]) -> bool:
     """Whether ``later`` begins with ``earlier`` (the token-exact property across turns)."""
     return len(later) >= len(earlier) and list(later[: len(earlier)]) == list(earlier)
+
+
+async def _serve(port: int) -> None:
+    async with FakeVLLMServer(port=port) as fake:
+        print(json.dumps({"event": "ready", "service": "fake_vllm", "url": fake.base_url}), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.fakes.vllm_server --port P`` for benchmarks: prints a ready JSON line, stops on SIGTERM."""
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.vllm_server")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    asyncio.run(_serve(args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
