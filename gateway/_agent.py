@@ -58,7 +58,7 @@ from rollgate.gateway._response import complete_response, verifier_params
 from rollgate.gateway._retry import RetryBudgets, RetryScope, retry_scope_var
 from rollgate.gateway._training import PrefixCheck, TrainingGate
 from rollgate.gateway._verify_batch import VerifyBatches
-from rollgate.gateway.errors import ConfigError, InputError, RolloutFailure, UnknownAgentError
+from rollgate.gateway.errors import ConfigError, InputError, ModelError, RolloutFailure, UnknownAgentError
 
 __all__ = ["PROTOCOL_ROUTES", "GatewayCore", "Route", "callable_tools"]
 
@@ -125,8 +125,9 @@ def _parse_object(raw: bytes, what: str) -> dict[str, Any]:
 class _Run:
     """The mutable state of one rollout while it runs."""
 
-    def __init__(self, outcome: RolloutOutcome, scope: RetryScope) -> None:
+    def __init__(self, outcome: RolloutOutcome, scope: RetryScope, training: bool = False) -> None:
         self.outcome = outcome
+        self.training = training  # asked for by the request (the agent's own ``training`` is on its route)
         self.usage: dict[str, Any] = {}
         self.last: dict[str, Any] | None = None
         self.stage = "input"
@@ -226,7 +227,9 @@ class GatewayCore:
             model = ModelClient(name, cfg, self.http, self._pool, self.metrics, warned)
             token = _env_secret(cfg.verifier_token_env, f"agents.{name}.verifier_token_env")
             gate = None
-            if cfg.training:  # the same backend keeps its verdict across swaps (e.g. a new model.version)
+            # Every chat agent may serve a training rollout (its own ``training`` or a run's ``+training=true``);
+            # only a training agent is probed now. The same backend keeps its verdict across swaps.
+            if cfg.model.api == "chat_completions":
                 gate = old.training if old is not None and old.training is not None else None
                 if gate is None or gate.key != TrainingGate(name, cfg).key:
                     gate = TrainingGate(name, cfg)
@@ -235,7 +238,7 @@ class GatewayCore:
 
     async def _check_training(self, routes: dict[str, Route]) -> None:
         """Probe the training agents' backends; ``ConfigError`` with the reason when one cannot serve training."""
-        gates = [(r.training, r.model.headers) for r in routes.values() if r.training is not None]
+        gates = [(r.training, r.model.headers) for r in routes.values() if r.training is not None and r.cfg.training]
         if gates:
             await asyncio.gather(*(gate.check(self.http, headers) for gate, headers in gates))
 
@@ -311,7 +314,7 @@ class GatewayCore:
         ctx_token = rollout_id_var.set(request.rollout_id)
         route = self._routes.get(request.agent)  # the route this rollout keeps, whatever swaps come
         label = request.agent if route is not None else "unknown"
-        run = _Run(RolloutOutcome(request.rollout_id), RetryScope(self.retry_budgets, label))
+        run = _Run(RolloutOutcome(request.rollout_id), RetryScope(self.retry_budgets, label), request.training)
         scope_token = retry_scope_var.set(run.scope)
         out = run.outcome
         token = next(self._tokens)
@@ -460,10 +463,15 @@ class GatewayCore:
             params = {**params, "model": current.cfg.model.name}
         out.policy_versions.append(route.cfg.model.version)
         t0 = time.perf_counter()
+        training = route.cfg.training or run.training
         try:
-            if route.training is not None:
+            if training:
+                if route.training is None:
+                    raise ModelError(f"training mode needs the agent's model.api: chat_completions (agent "
+                                     f"{route.name!r} has {route.cfg.model.api}): token ids come from vLLM's chat "
+                                     f"completions", kind="invalid_request", attempts=0)
                 await route.training.ensure(self.http, route.model.headers)
-            response, attempts = await route.model.create(params)
+            response, attempts = await route.model.create(params, training=training)
         except RolloutFailure as exc:
             out.attempts += exc.attempts
             raise
@@ -474,7 +482,7 @@ class GatewayCore:
             out.timings.model_s += time.perf_counter() - t0
         out.attempts += attempts
         run.last = response
-        if route.training is not None:
+        if training:
             if run.tokens is None:
                 run.tokens = PrefixCheck()
             run.tokens.observe(response)

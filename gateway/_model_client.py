@@ -67,8 +67,10 @@ class ModelClient:
             log.warning("agent %s: the chat_completions backend has no slot for %s; dropped (warned once)",
                         self.agent, ", ".join(new))
 
-    async def create(self, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        """One model call (retried on transient failures): the Responses object and the attempts made."""
+    async def create(self, params: dict[str, Any], *, training: bool | None = None) -> tuple[dict[str, Any], int]:
+        """One model call (retried on transient failures): the Responses object and the attempts made.
+
+        ``training`` (default: the agent's own) asks for token ids and log-probs and attaches them."""
         if self.cfg.model.api == "responses":
             body = {k: v for k, v in params.items() if k != "stream"}  # one JSON answer, never SSE
             path = "/responses"
@@ -77,7 +79,8 @@ class ModelClient:
             if dropped:
                 self._warn_dropped(dropped)
             path = "/chat/completions"
-        training = self.cfg.training
+        if training is None:
+            training = self.cfg.training
         if training:
             keep_logprobs = wants_logprobs(params)
             training_body(body)

@@ -31,6 +31,8 @@ class RolloutRequest:
     deadline_s: float = 0.0
     # A response kept from an earlier run whose verify failed: re-verify it instead of calling the model.
     prior_response_json: bytes = b""
+    # Training mode for this rollout alone (as the agent's ``training: true`` for all of its rollouts).
+    training: bool = False
 
     @classmethod
     def from_dicts(cls, rollout_id: str, agent: str, task: dict[str, Any],

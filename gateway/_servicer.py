@@ -60,7 +60,7 @@ def request_from_pb(msg: pb.RolloutRequest) -> RolloutRequest:
     return RolloutRequest(
         rollout_id=msg.rollout_id, agent=msg.agent, task_json=msg.task_json, params_json=msg.params_json,
         task_index=msg.task_index, repeat_index=msg.repeat_index, deadline_s=msg.deadline_s,
-        prior_response_json=msg.prior_response_json,
+        prior_response_json=msg.prior_response_json, training=msg.training,
     )
 
 

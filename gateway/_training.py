@@ -174,7 +174,7 @@ class TrainingGate:
                     for url in self.key[0]:
                         reason = await self._probe(http, url, headers)
                         if reason is not None:
-                            self.refusal = (f"agent {self.agent!r} has training: true, but its model backend {url} "
+                            self.refusal = (f"agent {self.agent!r} in training mode: its model backend {url} "
                                             f"cannot serve token-exact rollouts: {reason}")
                             break
                     else:

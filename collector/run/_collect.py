@@ -405,6 +405,7 @@ async def _run_rollouts(cfg: CollectConfig, client: GatewayClient, record: RunRe
         max_in_flight=cfg.num_samples_in_parallel,
         on_result=on_result,
         admit=admit,
+        training=cfg.training,
     ))
     _install_interrupt(task, record, writer, journal)
     held = asyncio.create_task(_report_held(writer, running, client, journal, bar, held_report_s()))

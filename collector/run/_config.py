@@ -83,6 +83,11 @@ class CollectConfig(BaseModel):
     resume: bool = False
     """Keep what the output already holds and re-run only missing and failed rollouts (alias ``resume_from_cache``)."""
 
+    training: bool = False
+    """Training mode for this run (as an agent's ``training: true``): every model call's output carries its token
+    ids and log-probs (``prompt_token_ids``, ``generation_token_ids``, ``generation_log_probs``), token-exactness
+    across a rollout's calls is checked; needs a vLLM-compatible backend on ``chat_completions``."""
+
     keep_backups: int | None = Field(None, ge=1)
     """A re-run moves the previous output and its sidecars into one ``<output>.<UTC stamp>.bak/`` folder; keep
     only the newest N such folders of this output (default: keep every one)."""

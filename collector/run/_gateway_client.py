@@ -77,7 +77,7 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def to_request(spec: RolloutSpec, agent: str, deadline_s: float) -> pb.RolloutRequest:
+def to_request(spec: RolloutSpec, agent: str, deadline_s: float, training: bool = False) -> pb.RolloutRequest:
     return pb.RolloutRequest(
         rollout_id=spec.rollout_id,
         task_index=spec.task_index,
@@ -87,6 +87,7 @@ def to_request(spec: RolloutSpec, agent: str, deadline_s: float) -> pb.RolloutRe
         task_json=spec.row_json or dumps(spec.row),
         params_json=dumps(spec.params),
         prior_response_json=spec.prior_response_json,
+        training=training,
     )
 
 
@@ -227,9 +228,13 @@ class GatewayClient:
         max_in_flight: int,
         on_result: OnResult,
         admit: Admit | None = None,
+        training: bool = False,
     ) -> None:
-        """Run every spec through the gateway streams; ``on_result`` is called exactly once per spec."""
+        """Run every spec through the gateway streams; ``on_result`` is called exactly once per spec.
+
+        ``training``: every rollout in training mode (token ids and log-probs per model call)."""
         run = _Run(self, agent, deadline_s, max_in_flight, on_result)
+        run.training = training
         self._run = run
         streams = [endpoint for endpoint in self.endpoints for _ in range(endpoint.streams)]
         workers = [asyncio.create_task(run.worker(endpoint, wid)) for wid, endpoint in enumerate(streams)]
@@ -252,6 +257,7 @@ class _Run:
         self.client = client
         self.agent = agent
         self.deadline_s = deadline_s
+        self.training = False
         self.max_running = max_in_flight
         self.ahead = client.runs_ahead
         # The gateway enforces deadline_s itself; the collector waits a little longer before giving up — and, when
@@ -418,7 +424,7 @@ class _Run:
 
     async def _send(self, call: grpc.aio.StreamStreamCall[pb.CollectRequest, pb.CollectResponse],
                     mine: dict[str, RolloutSpec], wid: int) -> None:
-        agent, deadline_s = self.agent, self.deadline_s
+        agent, deadline_s, training = self.agent, self.deadline_s, self.training
         while True:
             batch = await self.next_batch(wid, mine)
             if not batch:
@@ -432,7 +438,7 @@ class _Run:
             now = time.monotonic()
             requests = []
             for spec in batch:
-                request = to_request(spec, agent, deadline_s)
+                request = to_request(spec, agent, deadline_s, training)
                 size = request.ByteSize()
                 if size + _ENVELOPE_BYTES > self.client.max_message_bytes:
                     self._too_big(spec, size)

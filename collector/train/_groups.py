@@ -112,8 +112,9 @@ class GroupStream:
     """Stream groups of ``group_size`` rollouts per task through the gateway at ``gateway`` (see the module doc).
 
     ``overrides`` are ``responses_create_params`` overrides, as the CLI's ``+responses_create_params.*``; an
-    integer ``seed`` becomes ``seed + repeat`` per repeat. ``gateway`` takes what the CLI's ``+gateway`` takes
-    (several addresses, ``dns:///``); the token comes from ``ROLLGATE_TOKEN``.
+    integer ``seed`` becomes ``seed + repeat`` per repeat. ``training=True`` runs every rollout in training mode
+    (token ids and log-probs per model call), as the CLI's ``+training=true``. ``gateway`` takes what the CLI's
+    ``+gateway`` takes (several addresses, ``dns:///``); the token comes from ``ROLLGATE_TOKEN``.
 
         async with GroupStream("127.0.0.1:50051", "my_rl_agent", tasks, group_size=8, want=64) as stream:
             async for group in stream:
@@ -136,6 +137,7 @@ class GroupStream:
         tls: TlsFiles | None = None,
         on_failure: Callable[[GroupFailure], None] | None = None,
         policy_ok: Callable[[str | None], bool] | None = None,
+        training: bool = False,
     ) -> None:
         if group_size < 1 or max_in_flight < 1 or buffer_groups < 1 or (want is not None and want < 1):
             raise ValueError("group_size, max_in_flight, buffer_groups and want must be at least 1")
@@ -144,6 +146,7 @@ class GroupStream:
         self.want = want
         self.drop_uniform = drop_uniform
         self.policy_ok = policy_ok
+        self.training = training
         self.max_in_flight = max_in_flight
         self.buffer_groups = buffer_groups
         self.overrides = dict(overrides or {})
@@ -170,7 +173,7 @@ class GroupStream:
             raise
         self._run = asyncio.create_task(self._client.collect(
             self._specs(), agent=self.agent, deadline_s=self.deadline_s, max_in_flight=self.max_in_flight,
-            on_result=self._on_result, admit=self._admit))
+            on_result=self._on_result, admit=self._admit, training=self.training))
         self._run.add_done_callback(lambda _task: self._wake())
         return self
 

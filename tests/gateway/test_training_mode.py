@@ -153,7 +153,7 @@ async def test_a_backend_that_cannot_serve_training_is_refused_at_start_up(knobs
             res = await gw.stub.Rollout(req("r1", row), timeout=60)
         bodies = vllm.bodies[before:]
     message = str(err.value)
-    assert "agent 'a' has training: true" in message and vllm.base_url in message and reason in message
+    assert "agent 'a' in training mode" in message and vllm.base_url in message and reason in message
     assert res.status == pb.ROLLOUT_STATUS_OK, res.error
     assert [p for p, _ in bodies] == ["/v1/chat/completions"] * 2
     assert all("return_token_ids" not in b and "logprobs" not in b for _, b in bodies)
@@ -235,3 +235,38 @@ async def test_collected_rows_export_as_rl_records_whose_mask_covers_exactly_the
         assert spans[-1] == carriers[-1]["generation_token_ids"]
         assert tok.decode(spans[-1]) == final_text(row["response"])
         assert record["policy_versions"] == row["_rollout"]["policy_versions"]
+
+
+async def test_a_run_asks_for_training_mode_with_plus_training_on_an_agent_without_it(tmp_path: Path) -> None:
+    rows_in = [tool_task('tool: add {"a": 2, "b": 3}\nsay: done', "done")]
+    async with FakeVLLMServer() as vllm, FakeResourcesServer() as rs:
+        async with live_gateway(make_config(vllm.base_url, rs.url)) as gw:  # no training: true
+            tasks = write_tasks(tmp_path / "tasks.jsonl", rows_in)
+            plain, trained = tmp_path / "plain.jsonl", tmp_path / "trained.jsonl"
+            for out, extra in ((plain, ()), (trained, ("+training=true",))):
+                code, _, stderr = await finish(await start_collector(f"127.0.0.1:{gw.port}", tasks, out, *extra))
+                assert code == 0, stderr
+        chat_bodies = [b for path, b in vllm.bodies if path == "/v1/chat/completions"]
+    assert not token_items(read_rows(plain)[0]["output"])
+    assert "return_token_ids" not in chat_bodies[0]
+    (row,) = read_rows(trained)
+    carriers = token_items(row["output"])
+    assert [c["type"] for c in carriers] == ["function_call", "message"]
+    assert prefix_extends(carriers[0]["prompt_token_ids"] + carriers[0]["generation_token_ids"],
+                          carriers[1]["prompt_token_ids"])
+    assert all(b["return_token_ids"] is True for b in chat_bodies[-2:])
+    manifest = orjson.loads(Path(f"{trained}.manifest.json").read_bytes())
+    assert manifest["config"]["training"] is True
+
+
+async def test_plus_training_on_a_responses_agent_fails_its_rollouts_with_the_reason(tmp_path: Path) -> None:
+    async with FakeVLLMServer() as vllm, FakeResourcesServer() as rs:
+        async with live_gateway(make_config(vllm.base_url, rs.url, api="responses", kind="single_turn")) as gw:
+            tasks = write_tasks(tmp_path / "tasks.jsonl", [task("say: x", "x")])
+            out = tmp_path / "o.jsonl"
+            code, _, stderr = await finish(await start_collector(f"127.0.0.1:{gw.port}", tasks, out,
+                                                                 "+training=true"))
+    assert code == 1
+    (failed,) = read_rows(Path(f"{out}.failures"))
+    assert (failed["error"]["stage"], failed["error"]["kind"]) == ("model", "invalid_request")
+    assert "training mode needs the agent's model.api: chat_completions" in failed["error"]["message"]

@@ -53,6 +53,7 @@ class RolloutRequest(_message.Message):
     TASK_JSON_FIELD_NUMBER: _builtins.int
     PARAMS_JSON_FIELD_NUMBER: _builtins.int
     PRIOR_RESPONSE_JSON_FIELD_NUMBER: _builtins.int
+    TRAINING_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     task_index: _builtins.int
     repeat_index: _builtins.int
@@ -70,6 +71,10 @@ class RolloutRequest(_message.Message):
     the result carries it as its response. Empty: a normal rollout. A gateway that cannot re-score it safely
     (tools ran in a session that a fresh one cannot reproduce) runs the rollout as usual.
     """
+    training: _builtins.bool
+    """Training mode for this rollout (the collector's +training=true), as an agent's `training: true` gives it to
+    every rollout: token ids and log-probs on each model call, token-exactness checked.
+    """
     def __init__(
         self,
         *,
@@ -81,10 +86,11 @@ class RolloutRequest(_message.Message):
         task_json: _builtins.bytes = ...,
         params_json: _builtins.bytes = ...,
         prior_response_json: _builtins.bytes = ...,
+        training: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "deadline_s", b"deadline_s", "params_json", b"params_json", "prior_response_json", b"prior_response_json", "repeat_index", b"repeat_index", "rollout_id", b"rollout_id", "task_index", b"task_index", "task_json", b"task_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "deadline_s", b"deadline_s", "params_json", b"params_json", "prior_response_json", b"prior_response_json", "repeat_index", b"repeat_index", "rollout_id", b"rollout_id", "task_index", b"task_index", "task_json", b"task_json", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
