@@ -43,6 +43,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from tests.fakes._serving import serve_app
+
 __all__ = ["FakeModelServer", "Plan", "plan_reply"]
 
 _ids = itertools.count(1)
@@ -174,15 +176,7 @@ class FakeModelServer:
         app = web.Application(middlewares=[self._count_cancelled])
         app.router.add_post("/v1/responses", self._responses)
         app.router.add_post("/v1/chat/completions", self._chat)
-        # handler_cancellation: a client that hangs up (a cancelled rollout) cancels its request here too,
-        # which tests observe through ``cancelled`` and which keeps shutdown quick.
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-        await self._runner.setup()
-        # uvicorn's (so vLLM's and SGLang's) listen backlog; aiohttp's default of 128 drops the SYNs of a gateway
-        # opening hundreds of connections at once, and each dropped one waits a 1 s retransmit.
-        site = web.TCPSite(self._runner, "127.0.0.1", self._port, backlog=2048)
-        await site.start()
-        port = self._runner.addresses[0][1]
+        self._runner, port = await serve_app(app, self._port)  # a cancelled request counts in ``cancelled``
         self.base_url = f"http://127.0.0.1:{port}/v1"
         return self
 

@@ -64,6 +64,7 @@ from typing import Any, Literal, Self
 
 from aiohttp import web
 
+from tests.fakes._serving import serve_app
 from tests.fakes.gguf_tokenizer import GgufTokenizer, format_tool_calls, load_smollm2_tokenizer
 from tests.fakes.model_server import Plan, plan_reply
 
@@ -165,11 +166,7 @@ class FakeVLLMServer:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/version", self._version)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._port, backlog=2048)
-        await site.start()
-        port = self._runner.addresses[0][1]
+        self._runner, port = await serve_app(app, self._port)
         self.root_url = f"http://127.0.0.1:{port}"
         self.base_url = f"{self.root_url}/v1"
         return self
