@@ -13,7 +13,8 @@ unreachable resources server fails the rollout (stage ``tool``).
 Training mode (an agent's ``training: true``, see ``_training``): its backend is probed when routes are built (a
 backend without token ids or ``/tokenize`` refuses the agent), each model call's last output item carries the
 call's token ids and log-probs, and a call whose prompt ids do not extend the previous call's marks the rollout
-(``response.metadata.rollgate_token_prefix_mismatch``). Without it none of this runs.
+(``response.metadata.rollgate_token_prefix_mismatch``); with ``model.token_prompts`` the calls after the first
+continue the rollout's token ids on ``/v1/completions`` (``_token_prompts``). Without it none of this runs.
 
 Re-verify, never regenerate: a request with ``prior_response_json`` (a resume's stored response of a rollout whose
 verify failed) skips the model loop: the session is seeded, that response verified as it is (only the fields it
@@ -471,7 +472,8 @@ class GatewayCore:
                                      f"{route.name!r} has {route.cfg.model.api}): token ids come from vLLM's chat "
                                      f"completions", kind="invalid_request", attempts=0)
                 await route.training.ensure(self.http, route.model.headers)
-            response, attempts = await route.model.create(params, training=training)
+            response, attempts = await route.model.create(params, training=training,
+                                                          tokens=run.tokens if training else None)
         except RolloutFailure as exc:
             out.attempts += exc.attempts
             raise

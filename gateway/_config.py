@@ -53,6 +53,17 @@ class ModelEndpoint(_Strict):
     """The policy version this model serves (a checkpoint name, e.g. ``iter_002``): recorded on every model call
     it serves (the row's ``_rollout.policy_versions``). Change it with the checkpoint, by config reload or
     ``rollgate gateway set AGENT +model.version=iter_003``: model calls made after the change record the new one."""
+    token_prompts: bool = False
+    """Training mode only (``api: chat_completions``, vLLM): every model call after a rollout's first is sent to
+    ``/v1/completions`` with a token-id prompt, the previous call's prompt and generated ids followed by the new
+    turns' tokens from the backend's own ``/tokenize`` and chat template, so the trajectory stays token-exact where
+    re-rendering the chat would not (non-canonical sampled tokens, a template that rewrites history). Where that
+    prompt cannot be built exactly the call goes to the chat path and is checked as usual (see ``_token_prompts``)."""
+    tool_call_format: Literal["smollm2", "hermes"] | None = None
+    """How the model writes tool calls in its text, parsed by the gateway on the ``token_prompts`` path (a
+    completions answer is raw text): ``smollm2`` (``<tool_call>[{"name": …, "arguments": {…}}]</tool_call>``) or
+    ``hermes`` (Hermes/Qwen: ``<tool_call>{"name": …, "arguments": {…}}</tool_call>`` per call). Required with
+    ``token_prompts`` for a ``tool_calling`` agent."""
 
 
 class Timeouts(_Strict):
@@ -136,6 +147,12 @@ class AgentConfig(_Strict):
         if self.training and self.model.api != "chat_completions":
             raise ValueError("training: true needs model.api: chat_completions (token ids come from vLLM's "
                              "/chat/completions with return_token_ids)")
+        if self.model.token_prompts and self.model.api != "chat_completions":
+            raise ValueError("model.token_prompts needs model.api: chat_completions (the prompt ids come from vLLM's "
+                             "/tokenize and go to its /v1/completions)")
+        if self.model.token_prompts and self.kind == "tool_calling" and self.model.tool_call_format is None:
+            raise ValueError("model.token_prompts on a tool_calling agent needs model.tool_call_format (smollm2 or "
+                             "hermes): a /v1/completions answer is raw text, so the gateway parses its tool calls")
         return self
 
 

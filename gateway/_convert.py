@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["chat_to_response", "input_items", "responses_to_chat"]
+__all__ = ["chat_to_response", "first_choice", "input_items", "responses_to_chat"]
 
 # Responses params that Chat Completions takes under the same name and meaning.
 _SAME = frozenset({
@@ -186,12 +186,17 @@ def _usage(usage: Any) -> dict[str, Any]:
     return res
 
 
+def first_choice(answer: dict[str, Any], what: str) -> dict[str, Any]:
+    """An OpenAI-style answer's ``choices[0]``; ``ValueError`` naming ``what`` when there is none."""
+    choices = answer.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ValueError(f"{what} has no choices")
+    return choices[0]
+
+
 def chat_to_response(chat: dict[str, Any]) -> dict[str, Any]:
     """A chat completions answer -> a Responses object. Raises ``ValueError`` when there is no choice."""
-    choices = chat.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise ValueError("chat completion has no choices")
-    choice = choices[0]
+    choice = first_choice(chat, "chat completion")
     msg = choice.get("message")
     if not isinstance(msg, dict):
         raise ValueError("chat completion choice has no message")

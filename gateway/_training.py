@@ -21,7 +21,8 @@ those calls, comma-separated (Responses metadata values are strings), e.g. ``"2"
 
 Start-up: each replica of a training agent is probed (``TrainingGate``): ``POST {root}/tokenize`` must answer 200
 and a one-token chat call with ``return_token_ids: true`` must return ``prompt_token_ids`` and
-``choices[0].token_ids``. A backend that answers otherwise refuses the agent (``ConfigError`` naming the agent,
+``choices[0].token_ids`` (with ``model.token_prompts``, so must a one-token ``/v1/completions`` call whose prompt
+is token ids). A backend that answers otherwise refuses the agent (``ConfigError`` naming the agent,
 the URL and what is missing); one that cannot be reached yet is probed again at the agent's first model call
 (a refusal then fails that rollout, and every later one, with the same reason).
 
@@ -110,13 +111,20 @@ def attach_token_fields(chat: dict[str, Any], response: dict[str, Any], *, keep_
 class PrefixCheck:
     """One rollout's token-exactness check: each call's prompt must extend the previous prompt + generation."""
 
-    __slots__ = ("_calls", "_previous", "mismatches")
+    __slots__ = ("_calls", "_previous", "ended", "mismatches")
 
     def __init__(self) -> None:
         self._previous: list[int] | None = None
         self._calls = 0
         self.mismatches: list[int] = []
         """1-based indices of the model calls whose prompt did not begin with the previous call's tokens."""
+        self.ended = False
+        """Whether the last call ended its turn itself (not cut short by ``max_output_tokens``)."""
+
+    @property
+    def previous(self) -> list[int] | None:
+        """The last call's prompt ids followed by its generated ids (None before a training call)."""
+        return self._previous
 
     def observe(self, response: dict[str, Any]) -> None:
         """Record one model call's answer (a Responses object from ``attach_token_fields``)."""
@@ -136,6 +144,7 @@ class PrefixCheck:
                      MISMATCH_KEY)
             self.mismatches.append(self._calls)
         self._previous = prompt + generated
+        self.ended = response.get("status") == "completed"
 
     def mark(self, response: dict[str, Any]) -> None:
         """Mark the rollout's final ``response`` when a call's prefix did not match (metadata copied, not shared)."""
@@ -159,8 +168,10 @@ class TrainingGate:
 
     def __init__(self, agent: str, cfg: AgentConfig) -> None:
         self.agent = agent
-        self.key = (tuple(u.rstrip("/") for u in cfg.model.base_urls), cfg.model.name, cfg.model.api_key_env)
+        self.key = (tuple(u.rstrip("/") for u in cfg.model.base_urls), cfg.model.name, cfg.model.api_key_env,
+                    cfg.model.token_prompts)
         self._name = cfg.model.name
+        self._token_prompts = cfg.model.token_prompts
         self._timeout_s = min(cfg.timeouts.model_s, _PROBE_TIMEOUT_S)
         self.ok = False
         self.refusal: str | None = None
@@ -213,6 +224,30 @@ class TrainingGate:
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             return (f"a one-token chat call with return_token_ids: true returned no usable token ids ({exc}); "
                     "vLLM >= 0.10.2 returns prompt_token_ids and choices[0].token_ids")
+        if self._token_prompts:  # model.token_prompts: later calls send token-id prompts to /v1/completions
+            reason = await self._probe_completions(http, url, tokenize, headers)
+            if reason is not None:
+                return reason
+        return None
+
+    async def _probe_completions(self, http: HttpClient, url: str, tokenize: Answer,
+                                 headers: dict[str, str]) -> str | None:
+        try:
+            ids = _id_list(_json_object(tokenize.body).get("tokens"))
+        except ValueError:
+            ids = None
+        if not ids:
+            return f"POST /tokenize answered no 'tokens' list ({error_text(tokenize, 200)})"
+        done = await self._post(http, f"{url}/completions", {
+            "model": self._name, "prompt": ids, "max_tokens": 1, "logprobs": 0, "return_token_ids": True}, headers)
+        try:
+            choices = _json_object(done.body).get("choices") if done.status == 200 else None
+        except ValueError:
+            choices = None
+        choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+        if _id_list(choice.get("token_ids")) is None or _id_list(choice.get("prompt_token_ids")) is None:
+            return (f"model.token_prompts: a one-token /v1/completions call with a token-id prompt answered HTTP "
+                    f"{done.status} without choices[0].token_ids and prompt_token_ids ({error_text(done, 200)})")
         return None
 
     async def _post(self, http: HttpClient, url: str, body: dict[str, Any], headers: dict[str, str]) -> Answer:
