@@ -14,10 +14,10 @@ reads ours: ``_ng_task_index`` (the task's position in the input, the ``_rollout
 Each (task, rollout) pair is unique in a file, as NeMo Gym's readers require.
 
 An input row may be an earlier output fed back in (ours or NeMo Gym's). What a rollout produces is never taken from
-the input: ``response``, ``output``, ``reward``, ``error``, ``_rollout``, ``agent_ref`` and every ``_ng_*`` key
-(NeMo Gym's collector-owned prefix) of the input are dropped, and this run's are written; a failed rollout has no
-``reward``. Any other field passes through as a task field, so a previous verifier's extra fields stay as they
-were (``rollgate reverify`` re-scores a file instead).
+the input: ``_tasks.task_fields`` drops ``response``, ``output``, ``reward``, ``error``, ``_rollout``, ``agent_ref``
+and every ``_ng_*`` key (NeMo Gym's collector-owned prefix) when the task is read, and this run's are written; a
+failed rollout has no ``reward``. Any other field passes through as a task field, so a previous verifier's extra
+fields stay as they were (``rollgate reverify`` re-scores a file instead).
 """
 
 from __future__ import annotations
@@ -39,8 +39,6 @@ NG_TASK_INDEX, NG_ROLLOUT_INDEX, AGENT_REF = "_ng_task_index", "_ng_rollout_inde
 NG_KEYS = frozenset({NG_TASK_INDEX, NG_ROLLOUT_INDEX, AGENT_REF})
 # Written by the collector on every row; a verifier field never overwrites them.
 RESERVED_KEYS = frozenset({"responses_create_params", "response", "output", "_rollout", "error"}) | NG_KEYS
-# What an input row (an earlier output fed back in) may carry from its own run: dropped, this run's written instead.
-_PRODUCED = (RESERVED_KEYS - {"responses_create_params"}) | {"reward"}
 
 
 @dataclass
@@ -77,14 +75,6 @@ def failed_result(rollout_id: str, stage: str, kind: str, message: str) -> pb.Ro
     )
 
 
-def _without_produced(task: dict[str, Any]) -> dict[str, Any]:
-    row = dict(task)
-    if not _PRODUCED.isdisjoint(row) or any(k.startswith("_ng_") for k in row):
-        for key in [k for k in row if k in _PRODUCED or k.startswith("_ng_")]:
-            del row[key]
-    return row
-
-
 def stamp_bookkeeping(row: dict[str, Any], spec: RolloutSpec, agent: str) -> dict[str, Any]:
     """``row`` with NeMo Gym's bookkeeping keys set for ``spec``'s rollout (in place; returned for chaining)."""
     row[NG_TASK_INDEX] = spec.task_index
@@ -100,7 +90,7 @@ def added_fields(row: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_row(spec: RolloutSpec, result: pb.RolloutResult, agent: str) -> BuiltRow:
-    row = _without_produced(spec.row)
+    row: dict[str, Any] = dict(spec.row)  # a task row: what an earlier rollout produced is gone (task_fields)
     sent = _json_field(result.params_json, None)
     row["responses_create_params"] = sent if isinstance(sent, dict) and sent else spec.params
     response: Any = _spliced(result.response_json, 0x7B, 0x7D)  # {…}

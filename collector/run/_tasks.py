@@ -22,9 +22,13 @@ from rollgate.collector.errors import InputError
 from rollgate.collector.run._ids import rollout_id
 
 __all__ = [
-    "InputSummary", "RolloutSpec", "check_input", "deep_merge", "effective_params", "iter_specs", "iter_tasks",
-    "shard_task_count",
+    "PRODUCED_KEYS", "InputSummary", "RolloutSpec", "check_input", "deep_merge", "effective_params", "iter_specs",
+    "iter_tasks", "shard_task_count", "task_fields",
 ]
+
+# What a rollout produces. An input row that is an earlier output fed back in (ours or NeMo Gym's) carries its run's:
+# they are never task fields, nor is any ``_ng_*`` key (NeMo Gym's collector owns that prefix).
+PRODUCED_KEYS = frozenset({"response", "output", "reward", "error", "_rollout", "agent_ref"})
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,13 @@ def effective_params(row_params: Mapping[str, Any], overrides: Mapping[str, Any]
     return params
 
 
+def task_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` as a task: without what an earlier rollout produced (``row`` itself when there is none)."""
+    if PRODUCED_KEYS.isdisjoint(row) and not any(k.startswith("_ng_") for k in row):
+        return row
+    return {k: v for k, v in row.items() if k not in PRODUCED_KEYS and not k.startswith("_ng_")}
+
+
 def iter_specs(
     path: str | Path,
     *,
@@ -166,9 +177,10 @@ def iter_specs(
     equal one run row for row. ``seq`` counts this run's own output positions.
     """
     position = 0
-    for task_index, row in iter_tasks(str(path), limit):
+    for task_index, raw_row in iter_tasks(str(path), limit):
         if task_index % num_shards != shard_index:
             continue
+        row = task_fields(raw_row)  # once per task, not per rollout; the gateway and verifier see the task alone
         row_json = dumps(row)
         for r in range(num_repeats):
             params = effective_params(row["responses_create_params"], overrides, r)

@@ -46,7 +46,7 @@ from rollgate.collector.run._channels import TlsFiles
 from rollgate.collector.run._gateway_client import GatewayClient
 from rollgate.collector.run._ids import rollout_id
 from rollgate.collector.run._rows import build_row
-from rollgate.collector.run._tasks import RolloutSpec, effective_params
+from rollgate.collector.run._tasks import RolloutSpec, effective_params, task_fields
 from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
 
 __all__ = ["Group", "GroupFailure", "GroupStream", "StreamStats"]
@@ -291,4 +291,4 @@ def _check_task(task_index: int, task: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"task {task_index}: 'responses_create_params' must be an object")
     if "input" not in params:
         raise ValueError(f"task {task_index}: 'responses_create_params.input' is missing")
-    return dict(task)
+    return task_fields(dict(task))

@@ -7,7 +7,10 @@ Prints one JSON object on stdout: ``{path: [{check: error or null, ...} per row]
   agents and servers parse every response with;
 - ``openai.Response``: ``openai.types.responses.Response.model_validate(row["response"])``;
 - ``BaseVerifyRequest``: NeMo Gym's ``/verify`` body model on the row's ``responses_create_params`` and
-  ``response``, so NeMo Gym's servers can score the row again (``gym eval reverify``).
+  ``response``, so NeMo Gym's servers can score the row again (``gym eval reverify``);
+- ``token fields kept``: every output item that carries training-mode token fields (``prompt_token_ids``,
+  ``generation_token_ids``, ``generation_log_probs``) still has them, equal, once ``NeMoGymResponse`` has parsed
+  the response (its training item models), so NeMo Gym's readers see the tokens we wrote.
 Imports go through importlib so that this file type-checks where NeMo Gym is not installed.
 """
 
@@ -19,13 +22,24 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+_TOKEN_FIELDS = ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
+
 
 def _checks() -> dict[str, Callable[[dict[str, Any]], object]]:
     nemo_response: Any = importlib.import_module("nemo_gym.openai_utils").NeMoGymResponse
     verify_request: Any = importlib.import_module("nemo_gym.base_resources_server").BaseVerifyRequest
     openai_response: Any = importlib.import_module("openai.types.responses").Response
+
+    def token_fields_kept(row: dict[str, Any]) -> None:
+        parsed = nemo_response.model_validate(row["response"]).model_dump()["output"]
+        for i, (item, back) in enumerate(zip(row["response"]["output"], parsed, strict=True)):
+            for field in _TOKEN_FIELDS:
+                if field in item and back.get(field) != item[field]:
+                    raise ValueError(f"output item {i}: {field} lost or changed by NeMoGymResponse")
+
     return {
         "NeMoGymResponse": lambda row: nemo_response.model_validate(row["response"]),
+        "token fields kept": token_fields_kept,
         "openai.Response": lambda row: openai_response.model_validate(row["response"]),
         "BaseVerifyRequest": lambda row: verify_request.model_validate(
             {"responses_create_params": row["responses_create_params"], "response": row["response"]}),

@@ -7,9 +7,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
+
 from aiohttp import web
 
-__all__ = ["serve_app"]
+__all__ = ["announce_and_wait", "serve_app"]
 
 
 async def serve_app(app: web.Application, port: int) -> tuple[web.AppRunner, int]:
@@ -22,3 +26,14 @@ async def serve_app(app: web.Application, port: int) -> tuple[web.AppRunner, int
     # opening hundreds of connections at once, and each dropped one waits a 1 s retransmit.
     await web.TCPSite(runner, "127.0.0.1", port, backlog=2048).start()
     return runner, int(runner.addresses[0][1])
+
+
+async def announce_and_wait(service: str, url: str) -> None:
+    """As a process (benchmarks): print the ready JSON line the stack's readers wait for, then serve until
+    SIGTERM or SIGINT."""
+    print(json.dumps({"event": "ready", "service": service, "url": url}), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

@@ -43,7 +43,7 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from tests.fakes._serving import serve_app
+from tests.fakes._serving import announce_and_wait, serve_app
 
 __all__ = ["FakeModelServer", "Plan", "plan_reply"]
 
@@ -328,14 +328,7 @@ def latency_distribution(latency_ms: float, dist: str, sigma: float = 1.0) -> fl
 async def _serve(port: int, latency: float | Callable[[], float], max_concurrent: int | None = None,
                  faults: list[tuple[int, float, str | None]] | None = None) -> None:
     async with FakeModelServer(latency_s=latency, port=port, max_concurrent=max_concurrent, faults=faults) as fake:
-        print(json.dumps({"event": "ready", "service": "fake_model", "url": fake.base_url}), flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        import signal
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await announce_and_wait("fake_model", fake.base_url)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,6 @@ import asyncio
 import dataclasses
 import json
 import re
-import signal
 import time
 import uuid
 import zlib
@@ -64,7 +63,7 @@ from typing import Any, Literal, Self
 
 from aiohttp import web
 
-from tests.fakes._serving import serve_app
+from tests.fakes._serving import announce_and_wait, serve_app
 from tests.fakes.gguf_tokenizer import GgufTokenizer, format_tool_calls, load_smollm2_tokenizer
 from tests.fakes.model_server import Plan, plan_reply
 
@@ -479,12 +478,7 @@ def prefix_extends(earlier: Sequence[int], later: Sequence[int]) -> bool:
 
 async def _serve(port: int) -> None:
     async with FakeVLLMServer(port=port) as fake:
-        print(json.dumps({"event": "ready", "service": "fake_vllm", "url": fake.base_url}), flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await announce_and_wait("fake_vllm", fake.base_url)
 
 
 def main(argv: list[str] | None = None) -> int:
