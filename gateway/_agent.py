@@ -57,6 +57,7 @@ from rollgate.gateway._outcome import RolloutErrorInfo, RolloutOutcome, RolloutR
 from rollgate.gateway._resources import ResourcesSession, SessionHints, wait_detached_closes
 from rollgate.gateway._response import complete_response, verifier_params
 from rollgate.gateway._retry import RetryBudgets, RetryScope, retry_scope_var
+from rollgate.gateway._tally import Tally
 from rollgate.gateway._training import PrefixCheck, TrainingGate
 from rollgate.gateway._verify_batch import VerifyBatches
 from rollgate.gateway.errors import ConfigError, InputError, ModelError, RolloutFailure, UnknownAgentError
@@ -200,6 +201,9 @@ class GatewayCore:
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = asyncio.Event()
+        # Open Collect streams: a drain waits for them to end (each tells its client the gateway is shutting down
+        # once its last result is out), not only for the rollouts, before the server cuts what is left.
+        self.streams = Tally()
 
     @property
     def config(self) -> GatewayConfig:

@@ -101,7 +101,10 @@ async def serve(config: GatewayConfig, opts: ServeOptions, metrics: GatewayMetri
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(opts.grace_s):
                         await core.wait_idle()
-                # Streams end by themselves once idle; what is left past the grace period is cancelled now.
+                        # Streams end by themselves once idle, each with a last word to its client (UNAVAILABLE,
+                        # "shutting down"), which a loaded machine may take a moment to say.
+                        await core.streams.wait_zero()
+                # What is left past the grace period is cancelled now.
                 await server.stop(max(0.0, min(1.0, opts.grace_s - (time.monotonic() - t0))))
                 log.info("stopped")
             finally:

@@ -250,6 +250,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         drained = False
         dropped = 0  # waiting rollouts a drain gave back unstarted
         self._waiting[id(waiting)] = waiting
+        self.core.streams.enter()
         budget = self._batch_budget
         carried: object = None  # a result that did not fit the last message: the next one starts with it
         try:
@@ -305,6 +306,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
             drain_task.cancel()
             read_task.cancel()
             del self._waiting[id(waiting)]
+            self.core.streams.leave()
             for task in list(tasks):
                 task.cancel()
             if tasks:
