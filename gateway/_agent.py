@@ -46,6 +46,7 @@ from typing import Any, Self
 
 import orjson
 
+from rollgate._backend_params import metadata_objects
 from rollgate.gateway._backends import BackendPool
 from rollgate.gateway._config import AgentConfig, GatewayConfig, parse_config
 from rollgate.gateway._convert import input_items
@@ -382,6 +383,7 @@ class GatewayCore:
         params = {**agent.default_params, **params, "model": agent.model.name}
         try:
             conversation = input_items(params.get("input"))
+            metadata_objects(params)  # bad backend extras fail the rollout here, before a session is seeded
         except ValueError as exc:
             raise InputError(f"responses_create_params: {exc}", kind="invalid_request", attempts=0) from None
         out.params = params

@@ -59,6 +59,13 @@ class ModelEndpoint(_Strict):
     turns' tokens from the backend's own ``/tokenize`` and chat template, so the trajectory stays token-exact where
     re-rendering the chat would not (non-canonical sampled tokens, a template that rewrites history). Where that
     prompt cannot be built exactly the call goes to the chat path and is checked as usual (see ``_token_prompts``)."""
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    """Fields merged into every request body sent to this model, as NeMo Gym's ``extra_body``: vLLM/SGLang knobs
+    such as ``top_k``, ``min_p``, ``repetition_penalty``. A row's ``responses_create_params.metadata.extra_body``
+    (JSON text, as NeMo Gym rows carry it) adds to them per request; the request's own fields win over both."""
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Passed to the backend's chat template on every call (``{"enable_thinking": false}``); the request's own
+    ``chat_template_kwargs`` and its ``metadata.chat_template_kwargs`` override them key by key, in that order."""
     tool_call_format: Literal["smollm2", "hermes"] | None = None
     """How the model writes tool calls in its text, parsed by the gateway on the ``token_prompts`` path (a
     completions answer is raw text): ``smollm2`` (``<tool_call>[{"name": …, "arguments": {…}}]</tool_call>``) or

@@ -24,10 +24,15 @@ _SAME = frozenset({
     "frequency_penalty", "presence_penalty", "user", "logit_bias",
     # vLLM/SGLang extensions RL users ask for: token ids come back on the message part and the response.
     "return_token_ids", "return_tokens_as_token_ids", "prompt_logprobs",
+    # vLLM's (and SGLang's) extra sampling and template parameters, sent as they are: a backend that does not
+    # know one says so (OpenAI answers 400), which beats sampling other than asked.
+    *("top_k", "min_p", "repetition_penalty", "length_penalty", "min_tokens", "stop_token_ids", "ignore_eos",
+      "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens", "chat_template_kwargs"),
 })
 # Consumed by the conversion itself, or meaningless for one non-streamed call.
+# ``metadata`` is read for its backend extras (``_extras``), as NeMo Gym's vLLM server reads it, and not sent.
 _HANDLED = frozenset({"model", "input", "instructions", "tools", "tool_choice", "max_output_tokens",
-                      "reasoning", "text", "include", "stream", "store"})
+                      "reasoning", "text", "include", "stream", "store", "metadata"})
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text", "refusal", "summary_text", "reasoning_text"})
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from rollgate.gateway._backends import BackendPool, Result
 from rollgate.gateway._config import AgentConfig
 from rollgate.gateway._convert import chat_to_response, responses_to_chat
+from rollgate.gateway._extras import with_extras
 from rollgate.gateway._http import HttpClient, parse_object, raise_for_status
 from rollgate.gateway._metrics import GatewayMetrics
 from rollgate.gateway._retry import call_with_retry
@@ -93,6 +94,7 @@ class ModelClient:
             if dropped:
                 self._warn_dropped(dropped)
             path = "/chat/completions"
+        body = with_extras(body, params, self.cfg.model)
         if training is None:
             training = self.cfg.training
         keep_logprobs = False

@@ -248,6 +248,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
         drain_task = asyncio.create_task(on_drain())
         reading = True
         drained = False
+        announce = False  # the client is yet to be told the gateway is shutting down
         dropped = 0  # waiting rollouts a drain gave back unstarted
         self._waiting[id(waiting)] = waiting
         self.core.streams.enter()
@@ -268,7 +269,7 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                     if item is _READER_DONE:
                         reading = False
                     elif item is _DRAIN:
-                        drained = True
+                        drained = announce = True
                         # Not started: the client resends them to another gateway.
                         dropped, pending = len(waiting), pending - len(waiting)
                         waiting.clear()
@@ -291,8 +292,9 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                     if queue.empty():
                         break
                     item = queue.get_nowait()
-                if batch:
-                    yield pb.CollectResponse(results=batch)
+                if batch or announce:
+                    yield pb.CollectResponse(results=batch, shutting_down=announce)
+                    announce = False
                     # Counted as sent only now: until the client has taken them they still hold memory here.
                     pending -= len(batch)
                     if pending < cap:

@@ -44,7 +44,9 @@ MAX_GLUE_TOKENS = 4
 _BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
 # Sampling parameters a chat body shares with /v1/completions under the same name and meaning.
 _SAMPLING = ("temperature", "top_p", "seed", "stop", "frequency_penalty", "presence_penalty", "user", "logit_bias",
-             "return_tokens_as_token_ids")
+             "return_tokens_as_token_ids", "top_k", "min_p", "repetition_penalty", "length_penalty", "min_tokens",
+             "stop_token_ids", "ignore_eos", "include_stop_str_in_output", "skip_special_tokens",
+             "spaces_between_special_tokens")
 
 
 def prefix_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:

@@ -465,12 +465,14 @@ class _Run:
     async def _receive(self, call: grpc.aio.StreamStreamCall[pb.CollectRequest, pb.CollectResponse],
                        mine: dict[str, RolloutSpec], answered: list[int]) -> str | None:
         """None when the stream ended because everything is done, else why it broke (in words, for the log)."""
+        shutting_down = False
         try:
             while True:
                 reply = await call.read()
                 if reply is grpc.aio.EOF:
                     break
                 self.client.messages_received += 1
+                shutting_down = shutting_down or reply.shutting_down
                 for result in reply.results:
                     spec = mine.pop(result.rollout_id, None)
                     if spec is None or not self.answer(spec, result):
@@ -481,7 +483,7 @@ class _Run:
             if exc.code() in _REFUSED:
                 self.fail_everything(f"the gateway refused the stream: {_describe(exc)}")
                 return None
-            return _stream_lost(exc)
+            return "it is shutting down" if shutting_down else _stream_lost(exc)
         except asyncio.CancelledError:
             # The call, not this task, was cancelled: ``_send`` stopped waiting for a gateway that holds rollouts
             # the watchdog gave up on. Anything else is this task's own cancellation.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rollgate._backend_params import metadata_objects
 from rollgate.collector._json import dumps, loads
 from rollgate.collector.errors import InputError
 from rollgate.collector.run._ids import rollout_id
@@ -71,6 +72,10 @@ def _parse_line(path: str, lineno: int, raw: bytes) -> dict[str, Any]:
     params = row["responses_create_params"]
     if not isinstance(params, dict):
         raise InputError(path, lineno, f"'responses_create_params' must be an object, got {_describe(params)}")
+    try:
+        metadata_objects(params)
+    except ValueError as exc:
+        raise InputError(path, lineno, f"responses_create_params: {exc}") from None
     return row
 
 

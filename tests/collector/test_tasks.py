@@ -26,6 +26,9 @@ def test_check_counts_rows_and_skips_blank_lines(tmp_path: Path) -> None:
         ("[1, 2]", "expected a JSON object, got an array"),
         ('{"expected_answer": "x"}', "no 'responses_create_params'"),
         ('{"responses_create_params": "hi"}', "'responses_create_params' must be an object, got a string"),
+        # NeMo Gym rows' backend extras (JSON text in metadata): checked before the run, not per rollout.
+        ('{"responses_create_params": {"input": "x", "metadata": {"extra_body": "{top_k: 1}"}}}',
+         "responses_create_params: 'metadata.extra_body' is not valid JSON"),
     ],
 )
 def test_bad_line_is_reported_with_file_and_line(tmp_path: Path, bad: str, words: str) -> None:

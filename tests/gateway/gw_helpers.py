@@ -141,13 +141,17 @@ async def until(check: Callable[[], bool], timeout_s: float = 10) -> None:
 
 
 async def results_until_unavailable(call: Any, timeout_s: float = 30) -> list[pb.RolloutResult]:
-    """The results a Collect stream sends before it ends UNAVAILABLE (a draining gateway); fails otherwise."""
+    """The results a Collect stream sends before it ends UNAVAILABLE (a draining gateway); fails otherwise, and
+    unless the gateway said once, before that status, that it is shutting down."""
     got: list[pb.RolloutResult] = []
+    announced = 0
     try:
         async with asyncio.timeout(timeout_s):
             async for msg in call:
                 got.extend(msg.results)
+                announced += msg.shutting_down
     except grpc.aio.AioRpcError as exc:
         assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+        assert announced == 1, f"the gateway said {announced} times that it is shutting down"
         return got
     raise AssertionError(f"the stream ended normally after {len(got)} results; expected UNAVAILABLE")

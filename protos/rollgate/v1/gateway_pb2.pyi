@@ -269,16 +269,23 @@ class CollectResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
+    SHUTTING_DOWN_FIELD_NUMBER: _builtins.int
+    shutting_down: _builtins.bool
+    """The gateway is shutting down (SIGTERM): it sends the results of the rollouts already running, then ends the
+    stream with UNAVAILABLE; the rest are to be resent elsewhere. Sent once, before that status, so a client knows
+    why even where its gRPC library reports the end differently (a write racing the status shows as INTERNAL).
+    """
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutResult]: ...
     def __init__(
         self,
         *,
         results: _abc.Iterable[Global___RolloutResult] | None = ...,
+        shutting_down: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "shutting_down", b"shutting_down"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
