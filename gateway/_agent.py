@@ -46,7 +46,7 @@ from typing import Any, Self
 
 import orjson
 
-from rollgate._backend_params import metadata_objects
+from rollgate._backend_params import metadata_as_text, metadata_objects
 from rollgate.gateway._backends import BackendPool
 from rollgate.gateway._config import AgentConfig, GatewayConfig, parse_config
 from rollgate.gateway._convert import input_items
@@ -384,6 +384,7 @@ class GatewayCore:
         try:
             conversation = input_items(params.get("input"))
             metadata_objects(params)  # bad backend extras fail the rollout here, before a session is seeded
+            params = metadata_as_text(params)
         except ValueError as exc:
             raise InputError(f"responses_create_params: {exc}", kind="invalid_request", attempts=0) from None
         out.params = params

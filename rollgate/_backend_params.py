@@ -7,6 +7,7 @@ same way, and takes a JSON object written in place of the string too. Shared by 
 row before a run) and the gateway (which applies them); nothing here imports either.
 
     metadata_objects({"metadata": {"extra_body": '{"top_k": 20}'}})  # {"extra_body": {"top_k": 20}}
+    metadata_as_text({"metadata": {"extra_body": {"top_k": 20}}})  # {"metadata": {"extra_body": '{"top_k": 20}'}}
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["METADATA_KEYS", "metadata_objects"]
+__all__ = ["METADATA_KEYS", "metadata_as_text", "metadata_objects"]
 
 METADATA_KEYS = ("extra_body", "chat_template_kwargs")
 
@@ -42,3 +43,16 @@ def metadata_objects(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             raise ValueError(f"'metadata.{key}' must hold a JSON object, got {type(value).__name__}")
         found[key] = value
     return found
+
+
+def metadata_as_text(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with any of ``METADATA_KEYS`` written as an object turned into JSON text (a new dict then).
+
+    OpenAI's (and NeMo Gym's) ``metadata`` holds strings only: the params that go on to a verifier, the response
+    and the row must keep to that, whichever way the user wrote them."""
+    metadata = params.get("metadata")
+    if not isinstance(metadata, dict) or not any(isinstance(metadata.get(k), dict) for k in METADATA_KEYS):
+        return params
+    text = {k: json.dumps(v, separators=(",", ":")) if k in METADATA_KEYS and isinstance(v, dict) else v
+            for k, v in metadata.items()}
+    return {**params, "metadata": text}

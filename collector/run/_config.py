@@ -21,6 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rollgate._backend_params import metadata_objects
+
 __all__ = ["COLLECT_ALIASES", "COLLECT_SHORT", "DEFAULT_GATEWAY", "CollectConfig"]
 
 DEFAULT_GATEWAY = "127.0.0.1:50051"
@@ -120,4 +122,5 @@ class CollectConfig(BaseModel):
             raise ValueError(f"shard_index must be below num_shards ({self.num_shards}), got {self.shard_index}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together (mutual TLS needs both)")
+        metadata_objects(self.responses_create_params)  # bad backend extras stop the run, not each rollout
         return self

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from rollgate.collector import collect_main
 from rollgate.collector.errors import InputError
 from rollgate.collector.run._ids import rollout_id
 from rollgate.collector.run._tasks import check_input, effective_params, iter_specs
@@ -91,3 +92,15 @@ def test_rollout_ids_stable_and_distinct(tmp_path: Path) -> None:
     other_agent = [s.rollout_id for s in iter_specs(path, agent="b", overrides={}, num_repeats=2, limit=None)]
     assert not set(first) & set(other_agent)
     assert rollout_id(0, same, {"x": 1}, 0, "a") != rollout_id(0, same, {"x": 2}, 0, "a")
+
+
+@pytest.mark.parametrize("value", ["[1]", "top_k"])
+def test_bad_backend_extras_on_the_command_line_stop_the_run_before_it_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    inp = write_tasks(tmp_path / "t.jsonl", [task(0)])
+    out = tmp_path / "o.jsonl"
+    status = collect_main(["+agent_name=a", f"+input_jsonl_fpath={inp}", f"+output_jsonl_fpath={out}",
+                           f"+responses_create_params.metadata.extra_body={value}"])
+    assert status == 2
+    assert "'metadata.extra_body'" in capsys.readouterr().err
+    assert not out.exists()

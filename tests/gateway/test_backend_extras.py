@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import pytest
 
-from rollgate._backend_params import metadata_objects
+from rollgate._backend_params import metadata_as_text, metadata_objects
 from rollgate.gateway._config import ModelEndpoint
 from rollgate.gateway._convert import responses_to_chat
 from rollgate.gateway._extras import with_extras
@@ -76,9 +77,14 @@ def test_bad_metadata_is_an_input_error_naming_the_field(metadata: dict[str, Any
         with_extras({}, {"metadata": metadata}, _model())
 
 
-def test_a_json_object_is_taken_in_place_of_the_string() -> None:
-    assert metadata_objects({"metadata": {"extra_body": {"top_k": 1}, "other": "x"}}) == {"extra_body": {"top_k": 1}}
+def test_a_json_object_is_taken_in_place_of_the_string_and_passed_on_as_text() -> None:
+    params = {"input": "x", "metadata": {"extra_body": {"top_k": 1}, "other": "x"}}
+    assert metadata_objects(params) == {"extra_body": {"top_k": 1}}
     assert metadata_objects({"metadata": {"extra_body": ""}}) == {}
+    # What goes on to the verifier, the response and the row keeps to metadata's strings (NeMo Gym validates them).
+    assert metadata_as_text(params) == {"input": "x", "metadata": {"extra_body": '{"top_k":1}', "other": "x"}}
+    plain = {"input": "x", "metadata": {"extra_body": "{}"}}
+    assert metadata_as_text(plain) is plain
 
 
 @pytest.mark.parametrize("api", ["chat_completions", "responses"])
@@ -91,18 +97,22 @@ async def test_the_model_gets_the_extras_through_the_gateway(fake_model: FakeMod
     row["responses_create_params"] |= {"temperature": 0.2, "min_p": 0.01,
                                        "metadata": {"extra_body": '{"top_k": 40, "temperature": 1.0}',
                                                     "chat_template_kwargs": '{"enable_thinking": true}'}}
+    as_object = task("say: 6", "6")
+    as_object["responses_create_params"]["metadata"] = {"extra_body": {"top_k": 3}}
     bad = task("say: 5", "5")
     bad["responses_create_params"]["metadata"] = {"extra_body": "not json"}
     async with running_gateway(config) as (stub, _):
-        results = await collect(stub, [req("good", row), req("bad", bad)])
+        results = await collect(stub, [req("good", row), req("bad", bad), req("object", as_object)], window=1)
     good = results["good"]
     assert good.status == pb.ROLLOUT_STATUS_OK, good.error
     assert good.reward == 1.0
-    sent = fake_model.bodies[-1]
+    sent = fake_model.bodies[0]
     assert (sent["temperature"], sent["top_k"], sent["min_p"], sent["repetition_penalty"]) == (0.2, 40, 0.01, 1.05)
     assert sent["chat_template_kwargs"] == {"enable_thinking": True}
+    assert fake_model.bodies[-1]["top_k"] == 3
+    assert orjson.loads(results["object"].params_json)["metadata"] == {"extra_body": '{"top_k":3}'}
     failed = results["bad"]
     assert (failed.error.stage, failed.error.kind) == ("input", "invalid_request")
     assert "'metadata.extra_body' is not valid JSON" in failed.error.message
-    assert len(fake_model.bodies) == 1  # the bad row never reached the model ...
-    assert fake_resources.requests["seed_session"] <= 1  # ... nor opened a session
+    assert len(fake_model.bodies) == 2  # the bad row never reached the model ...
+    assert fake_resources.requests["seed_session"] == 2  # ... nor opened a session
