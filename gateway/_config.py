@@ -59,6 +59,11 @@ class ModelEndpoint(_Strict):
     turns' tokens from the backend's own ``/tokenize`` and chat template, so the trajectory stays token-exact where
     re-rendering the chat would not (non-canonical sampled tokens, a template that rewrites history). Where that
     prompt cannot be built exactly the call goes to the chat path and is checked as usual (see ``_token_prompts``)."""
+    reasoning_parser: Literal["think"] | None = None
+    """How the model marks its reasoning in its text, split off by the gateway on the ``token_prompts`` path (a
+    completions answer is raw text; on the chat path vLLM's own ``--reasoning-parser`` does it): ``think``
+    (``<think>…</think>``, Qwen3, DeepSeek-R1). The reasoning becomes a reasoning item, as on the chat path, and
+    tool calls are parsed from the text after it only. Set it when vLLM runs with a reasoning parser."""
     extra_body: dict[str, Any] = Field(default_factory=dict)
     """Fields merged into every request body sent to this model, as NeMo Gym's ``extra_body``: vLLM/SGLang knobs
     such as ``top_k``, ``min_p``, ``repetition_penalty``. A row's ``responses_create_params.metadata.extra_body``

@@ -144,7 +144,7 @@ class ModelClient:
         def convert(data: dict[str, Any]) -> dict[str, Any]:
             answer = data if path == "/chat/completions" else chat_answer(
                 data, tools=tools, fmt=self.cfg.model.tool_call_format,
-                top_logprobs=top if isinstance(top, int) else None)
+                top_logprobs=top if isinstance(top, int) else None, reasoning=self.cfg.model.reasoning_parser)
             response = chat_to_response(answer)
             attach_token_fields(answer, response, keep_logprobs=keep_logprobs)
             return response

@@ -20,7 +20,8 @@ The completions answer is raw text: ``chat_answer`` turns it into a chat-shaped 
 ``attach_token_fields`` handle it as any other), with tool calls parsed by ``parse_tool_calls`` in the model's
 declared ``tool_call_format``: ``smollm2`` (``<tool_call>[{"name": …, "arguments": {…}}, …]</tool_call>``) or
 ``hermes`` (Hermes/Qwen: one ``<tool_call>{"name": …, "arguments": {…}}</tool_call>`` per call). Text that does
-not parse as calls stays the message's text (as vLLM's tool parsers do).
+not parse as calls stays the message's text (as vLLM's tool parsers do). With the model's ``reasoning_parser:
+think``, ``<think>…</think>`` is split off first (``split_reasoning``) into the reasoning item the chat path makes.
 
     prompt = build_prompt(previous, ended, full_ids, prefix_ids)   # list of ids, or a str saying why not
     chat = chat_answer(completions_answer, tools=True, fmt="smollm2", top_logprobs=None)
@@ -35,10 +36,12 @@ from typing import Any, Literal
 
 from rollgate.gateway._convert import first_choice
 
-__all__ = ["MAX_GLUE_TOKENS", "ToolCallFormat", "build_prompt", "chat_answer", "completions_body", "parse_tool_calls",
-           "prefix_messages", "tokenize_body"]
+__all__ = ["MAX_GLUE_TOKENS", "ReasoningParser", "ToolCallFormat", "build_prompt", "chat_answer", "completions_body",
+           "parse_tool_calls", "prefix_messages", "split_reasoning", "tokenize_body"]
 
 ToolCallFormat = Literal["smollm2", "hermes"]
+ReasoningParser = Literal["think"]
+_THINK_START, _THINK_END = "<think>", "</think>"
 # Templates write a newline or two after a turn's end-of-turn token; more than this is not glue but content.
 MAX_GLUE_TOKENS = 4
 _BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
@@ -145,11 +148,30 @@ def _call(item: Any) -> dict[str, Any] | None:
             "function": {"name": item["name"], "arguments": arguments}}
 
 
+def split_reasoning(text: str) -> tuple[str | None, str]:
+    """``text`` as (reasoning, the rest) by ``<think>…</think>``, as vLLM's reasoning parsers split it.
+
+    Reasoning ends at the first ``</think>`` (its opening tag, when the model wrote one, is dropped: a template
+    may have put it in the prompt instead). Without ``</think>`` a text that opens with ``<think>`` was cut off
+    mid-thought (all reasoning); any other is all answer."""
+    head, sep, tail = text.partition(_THINK_END)
+    if not sep:
+        if text.lstrip().startswith(_THINK_START):
+            return text.lstrip()[len(_THINK_START):].strip(), ""
+        return None, text
+    head = head.lstrip()
+    if head.startswith(_THINK_START):
+        head = head[len(_THINK_START):]
+    return head.strip(), tail.lstrip()
+
+
 def chat_answer(data: dict[str, Any], *, tools: bool, fmt: ToolCallFormat | None,
-                top_logprobs: int | None) -> dict[str, Any]:
+                top_logprobs: int | None, reasoning: ReasoningParser | None = None) -> dict[str, Any]:
     """A ``/v1/completions`` answer (``return_token_ids``, ``logprobs``) as a chat completions answer.
 
-    Raises ``ValueError`` naming what is missing."""
+    ``reasoning``: how the text marks reasoning (``split_reasoning``); it goes to ``reasoning_content``, as vLLM's
+    chat answers carry it, and tool calls are looked for in the rest only. Raises ``ValueError`` naming what is
+    missing."""
     choice = first_choice(data, "the completion")
     text = choice.get("text")
     if not isinstance(text, str):
@@ -168,6 +190,10 @@ def chat_answer(data: dict[str, Any], *, tools: bool, fmt: ToolCallFormat | None
                                  if top_logprobs else [])
         content.append(entry)
     message: dict[str, Any] = {"role": "assistant", "content": text}
+    if reasoning == "think":
+        thought, text = split_reasoning(text)
+        if thought is not None:
+            message["reasoning_content"], message["content"] = thought, text or None
     finish = choice.get("finish_reason")
     parsed = parse_tool_calls(text, fmt) if tools and fmt is not None else None
     if parsed is not None:

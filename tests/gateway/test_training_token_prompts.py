@@ -19,7 +19,7 @@ import pytest
 
 from rollgate.gateway import ConfigError
 from rollgate.gateway._config import parse_config
-from rollgate.gateway._token_prompts import build_prompt, parse_tool_calls
+from rollgate.gateway._token_prompts import build_prompt, parse_tool_calls, split_reasoning
 from rollgate.gateway._training import MISMATCH_KEY, TOKEN_FIELDS
 from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
 from tests.conftest import skip_or_fail
@@ -123,6 +123,42 @@ async def test_text_in_another_tool_call_format_stays_the_message() -> None:
     assert [i["type"] for i in response["output"]] == ["function_call", "function_call_output", "message"]
     assert final_text(response).startswith("<tool_call>[\n")
     assert res.reward == 0.0
+
+
+@pytest.mark.usefixtures("_needs_the_gguf")
+@pytest.mark.parametrize("parser", [None, "think"])
+async def test_reasoning_is_split_off_the_completion_text_as_vllms_parser_splits_the_chat_answer(
+        parser: str | None) -> None:
+    # The backend runs with a reasoning parser: the first (chat) call's <think> part comes back as reasoning.
+    row = tool_task(THREE_CALLS, "done")
+    res, bodies = await rollout({"reasoning_parser": True}, row, model={**TOKEN_PROMPTS, "reasoning_parser": parser})
+    assert res.status == pb.ROLLOUT_STATUS_OK, res.error
+    response = orjson.loads(res.response_json)
+    assert sum(p == "/v1/completions" for p, _ in bodies) == 2
+    reasoning = [i["content"][0]["text"] for i in response["output"] if i["type"] == "reasoning"]
+    texts = [p["text"] for i in response["output"] if i["type"] == "message" for p in i["content"]]
+    if parser is None:  # later calls' raw text keeps its <think> part in the message (what the setting is for)
+        assert reasoning == ["2+3 is 5"]
+        assert texts[-1].startswith("<think>")
+        return
+    # Every call alike: its reasoning item, then its calls or its answer; the tokens stay exact.
+    assert reasoning == ["2+3 is 5"] * 3
+    assert texts == ["done"]
+    assert [i["type"] for i in response["output"] if i["type"] != "function_call_output"] == [
+        "reasoning", "function_call", "reasoning", "function_call", "reasoning", "message"]
+    assert MISMATCH_KEY not in response["metadata"]
+    assert res.reward == 1.0
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("<think>\nadd twice\n</think>\n\nThe sum is 5", ("add twice", "The sum is 5")),
+    ("add twice</think>The sum is 5", ("add twice", "The sum is 5")),  # <think> was in the prompt (DeepSeek-R1)
+    ("<think>\ncut off by max_output_tokens", ("cut off by max_output_tokens", "")),
+    ("The sum is 5", (None, "The sum is 5")),
+    ("<think></think>\n\n<tool_call>[]</tool_call>", ("", "<tool_call>[]</tool_call>")),
+])
+def test_split_reasoning(text: str, expected: tuple[str | None, str]) -> None:
+    assert split_reasoning(text) == expected
 
 
 @pytest.mark.usefixtures("_needs_the_gguf")
