@@ -142,6 +142,16 @@ async def test_a_refused_request_has_the_real_error_shape(
     assert real["error"]["code"] == mine["error"]["code"] == 400
 
 
+async def test_a_model_not_served_is_the_same_404(
+        real_vllm: str, fake: FakeVLLMServer, http: aiohttp.ClientSession) -> None:
+    body = {"model": "not-served", "messages": MESSAGES[0], "max_tokens": 4}
+    real_status, real = await post(http, f"{real_vllm}/chat/completions", body)
+    fake_status, mine = await post(http, f"{fake.base_url}/chat/completions", body)
+    assert real_status == fake_status == 404
+    assert missing_in_real(mine, real) == []
+    assert real["error"]["message"].startswith(mine["error"]["message"])
+
+
 async def test_the_models_list_has_the_real_shape(
         real_vllm: str, fake: FakeVLLMServer, http: aiohttp.ClientSession) -> None:
     async with http.get(f"{real_vllm}/models") as resp:

@@ -307,3 +307,13 @@ def test_tokenizer_agrees_with_mistralrs_reading_the_same_gguf() -> None:
               *("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(100))]
     for text in corpus:
         assert tok.encode(text, add_special_tokens=False) == list(runner.tokenize_text(text, False, False)), text
+
+
+async def test_a_model_it_does_not_serve_is_a_404_as_in_vllm(http: aiohttp.ClientSession) -> None:
+    async with FakeVLLMServer(served_model_name=["served", "alias"]) as fake:
+        err = await post(http, f"{fake.base_url}/chat/completions",
+                         {"model": "other", "messages": [{"role": "user", "content": "say: hi"}]}, status=404)
+        assert err["error"]["message"] == "The model `other` does not exist."
+        reply = await post(http, f"{fake.base_url}/chat/completions",
+                           {"model": "alias", "messages": [{"role": "user", "content": "say: hi"}]})
+        assert reply["model"] == "served"  # the first name is the one reported, as vLLM does

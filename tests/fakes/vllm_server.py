@@ -41,7 +41,9 @@ tokenization the tokenizer itself would never produce, as sampled models sometim
 gives other ids); ``reasoning_parser`` (``<think>`` part into ``reasoning_content``/``reasoning``);
 ``tool_parser=False`` (vLLM without ``--enable-auto-tool-choice``: a request with tools and ``tool_choice``
 auto is refused); ``supports_token_ids=False`` (a vLLM older than 0.10.2: no token-id fields);
-``supports_tokenize=False`` (no ``/tokenize``, ``/detokenize``: 404). ``generations`` records every generation.
+``supports_tokenize=False`` (no ``/tokenize``, ``/detokenize``: 404); ``served_model_name`` (vLLM's
+``--served-model-name``: one or several, default SmolLM2's and ``fake-model``; a request naming another is
+answered 404, as vLLM does). ``generations`` records every generation.
 
     async with FakeVLLMServer(max_model_len=512) as fake:
         fake.base_url   # http://127.0.0.1:PORT/v1 ; fake.root_url for /tokenize
@@ -129,7 +131,7 @@ class FakeVLLMServer:
         tool_parser: bool = True,
         supports_token_ids: bool = True,
         supports_tokenize: bool = True,
-        served_model_name: str = SERVED_MODEL,
+        served_model_name: str | Sequence[str] = (SERVED_MODEL, "fake-model"),
         version: str = "0.11.0",
         latency_s: float = 0.0,
         port: int = 0,
@@ -145,7 +147,9 @@ class FakeVLLMServer:
         self.tool_parser = tool_parser
         self.supports_token_ids = supports_token_ids
         self.supports_tokenize = supports_tokenize
-        self.served_model_name = served_model_name
+        # vLLM's --served-model-name: any of them is answered, the first is the one reported; another is a 404.
+        self.served_names = [served_model_name] if isinstance(served_model_name, str) else list(served_model_name)
+        self.served_model_name = self.served_names[0]
         self.version = version
         self.latency_s = latency_s
         self.requests: Counter[str] = Counter()
@@ -187,6 +191,9 @@ class FakeVLLMServer:
             raise _BadRequest("the body must be a JSON object")
         self.bodies.append((request.path, body))
         del self.bodies[:-200]
+        model = body.get("model")
+        if model is not None and model not in self.served_names:
+            raise _BadRequest(f"The model `{model}` does not exist.", status=404, param="model")
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         return body
