@@ -331,4 +331,5 @@ class GatewayServicer(pb_grpc.GatewayServicer):
                          verifier_url=cfg.verifier_url, max_steps=cfg.max_steps)
             for name, cfg in sorted(self.core.config.agents.items())
         ]
-        return pb.ListAgentsResponse(agents=agents, max_message_bytes=self.max_message_bytes, runs_ahead=True)
+        return pb.ListAgentsResponse(agents=agents, max_message_bytes=self.max_message_bytes, runs_ahead=True,
+                                     max_stream_rollouts=self.max_stream_rollouts)

@@ -137,6 +137,8 @@ class GatewayClient:
         self.max_message_bytes = DEFAULT_GATEWAY_MESSAGE_BYTES
         # The gateways honour CollectRequest.max_running, so rollouts may wait there (from ListAgents).
         self.runs_ahead = False
+        # The most rollouts one stream holds at a gateway (the smallest any said; 0: none said).
+        self.max_stream_rollouts = 0
         self._run: _Run | None = None
 
     def where(self, rollout_id: str) -> tuple[str, float] | None:
@@ -204,6 +206,7 @@ class GatewayClient:
         self.max_message_bytes = min(*limits, MAX_MESSAGE_BYTES)
         # A gateway that did not answer may be an older one that would run everything it is sent.
         self.runs_ahead = not problems and all(r.runs_ahead for r in replies)
+        self.max_stream_rollouts = min((r.max_stream_rollouts for r in replies if r.max_stream_rollouts), default=0)
         return list(replies[0].agents)
 
     async def _ask(self, endpoint: Endpoint) -> pb.ListAgentsResponse | str:
@@ -237,6 +240,10 @@ class GatewayClient:
         run.training = training
         self._run = run
         streams = [endpoint for endpoint in self.endpoints for _ in range(endpoint.streams)]
+        cap = self.max_stream_rollouts
+        if cap and max_in_flight > cap * len(streams):
+            _log(f"warning: a gateway stream runs at most {cap} rollouts at once (gateway --max-stream-rollouts): "
+                 f"{cap * len(streams)} of the {max_in_flight} asked for run at once over {len(streams)} stream(s)")
         workers = [asyncio.create_task(run.worker(endpoint, wid)) for wid, endpoint in enumerate(streams)]
         watchdog = asyncio.create_task(run.watchdog())
         try:

@@ -27,10 +27,26 @@ from tests.gateway.gw_helpers import (
 )
 
 
-async def test_list_agents_says_it_runs_ahead(fake_model: FakeModelServer,
-                                              fake_resources: FakeResourcesServer) -> None:
-    async with live_gateway(make_config(fake_model.base_url, fake_resources.url)) as live:
-        assert (await live.stub.ListAgents(pb.ListAgentsRequest())).runs_ahead
+async def test_list_agents_says_it_runs_ahead_and_its_stream_cap(fake_model: FakeModelServer,
+                                                                 fake_resources: FakeResourcesServer) -> None:
+    async with live_gateway(make_config(fake_model.base_url, fake_resources.url), max_stream_rollouts=64) as live:
+        answer = await live.stub.ListAgents(pb.ListAgentsRequest())
+    assert answer.runs_ahead and answer.max_stream_rollouts == 64
+
+
+@pytest.mark.parametrize("parallel", [4, 5])
+async def test_the_collector_says_when_the_stream_cap_holds_back_its_parallelism(
+        tmp_path: Path, fake_resources: FakeResourcesServer, parallel: int) -> None:
+    async with FakeModelServer(latency_s=0.02) as model:
+        tasks = write_tasks(tmp_path / "tasks.jsonl", [task(f"say: a{i}", f"a{i}") for i in range(12)])
+        out = tmp_path / "out.jsonl"
+        async with live_gateway(make_config(model.base_url, fake_resources.url), max_stream_rollouts=4) as live:
+            proc = await start_collector(f"127.0.0.1:{live.port}", tasks, out, f"+num_samples_in_parallel={parallel}")
+            code, _, err = await finish(proc)
+        assert code == 0, err
+        assert model.max_in_flight <= 4
+    warning = "warning: a gateway stream runs at most 4 rollouts at once (gateway --max-stream-rollouts): 4 of the 5"
+    assert (warning in err) == (parallel == 5), err
 
 
 @pytest.mark.parametrize("max_running", [0, 1, 4])

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)rollgate/protos/rollgate/v1/gateway.proto\x12\x0brollgate.v1\"\xc8\x01\n\x0eRolloutRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x12\n\ntask_index\x18\x02 \x01(\x04\x12\x14\n\x0crepeat_index\x18\x03 \x01(\r\x12\r\n\x05\x61gent\x18\x04 \x01(\t\x12\x12\n\ndeadline_s\x18\x05 \x01(\x01\x12\x11\n\ttask_json\x18\x06 \x01(\x0c\x12\x13\n\x0bparams_json\x18\x07 \x01(\x0c\x12\x1b\n\x13prior_response_json\x18\x08 \x01(\x0c\x12\x10\n\x08training\x18\t \x01(\x08\"T\n\x0e\x43ollectRequest\x12-\n\x08rollouts\x18\x01 \x03(\x0b\x32\x1b.rollgate.v1.RolloutRequest\x12\x13\n\x0bmax_running\x18\x02 \x01(\r\"c\n\x0cRolloutError\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x13\n\x0bhttp_status\x18\x04 \x01(\x05\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\"M\n\x07Timings\x12\x0f\n\x07model_s\x18\x01 \x01(\x01\x12\x0e\n\x06tool_s\x18\x02 \x01(\x01\x12\x10\n\x08verify_s\x18\x03 \x01(\x01\x12\x0f\n\x07total_s\x18\x04 \x01(\x01\"\x86\x03\n\rRolloutResult\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.rollgate.v1.RolloutStatus\x12\x13\n\x06reward\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x14verifier_fields_json\x18\x04 \x01(\x0c\x12\x15\n\rresponse_json\x18\x05 \x01(\x0c\x12\x13\n\x0boutput_json\x18\x06 \x01(\x0c\x12(\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x19.rollgate.v1.RolloutError\x12%\n\x07timings\x18\x08 \x01(\x0b\x32\x14.rollgate.v1.Timings\x12\x18\n\x10verifier_version\x18\t \x01(\t\x12\r\n\x05model\x18\n \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0b \x01(\r\x12\x11\n\ttruncated\x18\x0c \x01(\x08\x12\x13\n\x0bparams_json\x18\r \x01(\x0c\x12\x17\n\x0fpolicy_versions\x18\x0e \x03(\tB\t\n\x07_reward\"U\n\x0f\x43ollectResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.rollgate.v1.RolloutResult\x12\x15\n\rshutting_down\x18\x02 \x01(\x08\"\x13\n\x11ListAgentsRequest\"w\n\tAgentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03\x61pi\x18\x03 \x01(\t\x12\x17\n\x0fmodel_base_urls\x18\x04 \x03(\t\x12\x14\n\x0cverifier_url\x18\x05 \x01(\t\x12\x11\n\tmax_steps\x18\x06 \x01(\r\"k\n\x12ListAgentsResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.rollgate.v1.AgentInfo\x12\x19\n\x11max_message_bytes\x18\x02 \x01(\x04\x12\x12\n\nruns_ahead\x18\x03 \x01(\x08\" \n\x0fGetRouteRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\"*\n\x05Route\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x12\n\nroute_json\x18\x02 \x01(\x0c\"4\n\x0fSetRouteRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x12\n\nroute_json\x18\x02 \x01(\x0c*a\n\rRolloutStatus\x12\x1e\n\x1aROLLOUT_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11ROLLOUT_STATUS_OK\x10\x01\x12\x19\n\x15ROLLOUT_STATUS_FAILED\x10\x02\x32\xe6\x01\n\x07Gateway\x12H\n\x07\x43ollect\x12\x1b.rollgate.v1.CollectRequest\x1a\x1c.rollgate.v1.CollectResponse(\x01\x30\x01\x12\x42\n\x07Rollout\x12\x1b.rollgate.v1.RolloutRequest\x1a\x1a.rollgate.v1.RolloutResult\x12M\n\nListAgents\x12\x1e.rollgate.v1.ListAgentsRequest\x1a\x1f.rollgate.v1.ListAgentsResponse2\x8a\x01\n\x0cGatewayAdmin\x12<\n\x08GetRoute\x12\x1c.rollgate.v1.GetRouteRequest\x1a\x12.rollgate.v1.Route\x12<\n\x08SetRoute\x12\x1c.rollgate.v1.SetRouteRequest\x1a\x12.rollgate.v1.Routeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)rollgate/protos/rollgate/v1/gateway.proto\x12\x0brollgate.v1\"\xc8\x01\n\x0eRolloutRequest\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x12\n\ntask_index\x18\x02 \x01(\x04\x12\x14\n\x0crepeat_index\x18\x03 \x01(\r\x12\r\n\x05\x61gent\x18\x04 \x01(\t\x12\x12\n\ndeadline_s\x18\x05 \x01(\x01\x12\x11\n\ttask_json\x18\x06 \x01(\x0c\x12\x13\n\x0bparams_json\x18\x07 \x01(\x0c\x12\x1b\n\x13prior_response_json\x18\x08 \x01(\x0c\x12\x10\n\x08training\x18\t \x01(\x08\"T\n\x0e\x43ollectRequest\x12-\n\x08rollouts\x18\x01 \x03(\x0b\x32\x1b.rollgate.v1.RolloutRequest\x12\x13\n\x0bmax_running\x18\x02 \x01(\r\"c\n\x0cRolloutError\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x13\n\x0bhttp_status\x18\x04 \x01(\x05\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\"M\n\x07Timings\x12\x0f\n\x07model_s\x18\x01 \x01(\x01\x12\x0e\n\x06tool_s\x18\x02 \x01(\x01\x12\x10\n\x08verify_s\x18\x03 \x01(\x01\x12\x0f\n\x07total_s\x18\x04 \x01(\x01\"\x86\x03\n\rRolloutResult\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.rollgate.v1.RolloutStatus\x12\x13\n\x06reward\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x14verifier_fields_json\x18\x04 \x01(\x0c\x12\x15\n\rresponse_json\x18\x05 \x01(\x0c\x12\x13\n\x0boutput_json\x18\x06 \x01(\x0c\x12(\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x19.rollgate.v1.RolloutError\x12%\n\x07timings\x18\x08 \x01(\x0b\x32\x14.rollgate.v1.Timings\x12\x18\n\x10verifier_version\x18\t \x01(\t\x12\r\n\x05model\x18\n \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0b \x01(\r\x12\x11\n\ttruncated\x18\x0c \x01(\x08\x12\x13\n\x0bparams_json\x18\r \x01(\x0c\x12\x17\n\x0fpolicy_versions\x18\x0e \x03(\tB\t\n\x07_reward\"U\n\x0f\x43ollectResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.rollgate.v1.RolloutResult\x12\x15\n\rshutting_down\x18\x02 \x01(\x08\"\x13\n\x11ListAgentsRequest\"w\n\tAgentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0b\n\x03\x61pi\x18\x03 \x01(\t\x12\x17\n\x0fmodel_base_urls\x18\x04 \x03(\t\x12\x14\n\x0cverifier_url\x18\x05 \x01(\t\x12\x11\n\tmax_steps\x18\x06 \x01(\r\"\x88\x01\n\x12ListAgentsResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.rollgate.v1.AgentInfo\x12\x19\n\x11max_message_bytes\x18\x02 \x01(\x04\x12\x12\n\nruns_ahead\x18\x03 \x01(\x08\x12\x1b\n\x13max_stream_rollouts\x18\x04 \x01(\r\" \n\x0fGetRouteRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\"*\n\x05Route\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x12\n\nroute_json\x18\x02 \x01(\x0c\"4\n\x0fSetRouteRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x12\n\nroute_json\x18\x02 \x01(\x0c*a\n\rRolloutStatus\x12\x1e\n\x1aROLLOUT_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11ROLLOUT_STATUS_OK\x10\x01\x12\x19\n\x15ROLLOUT_STATUS_FAILED\x10\x02\x32\xe6\x01\n\x07Gateway\x12H\n\x07\x43ollect\x12\x1b.rollgate.v1.CollectRequest\x1a\x1c.rollgate.v1.CollectResponse(\x01\x30\x01\x12\x42\n\x07Rollout\x12\x1b.rollgate.v1.RolloutRequest\x1a\x1a.rollgate.v1.RolloutResult\x12M\n\nListAgents\x12\x1e.rollgate.v1.ListAgentsRequest\x1a\x1f.rollgate.v1.ListAgentsResponse2\x8a\x01\n\x0cGatewayAdmin\x12<\n\x08GetRoute\x12\x1c.rollgate.v1.GetRouteRequest\x1a\x12.rollgate.v1.Route\x12<\n\x08SetRoute\x12\x1c.rollgate.v1.SetRouteRequest\x1a\x12.rollgate.v1.Routeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rollgate.protos.rollgate.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLLOUTSTATUS']._serialized_start=1390
-  _globals['_ROLLOUTSTATUS']._serialized_end=1487
+  _globals['_ROLLOUTSTATUS']._serialized_start=1420
+  _globals['_ROLLOUTSTATUS']._serialized_end=1517
   _globals['_ROLLOUTREQUEST']._serialized_start=59
   _globals['_ROLLOUTREQUEST']._serialized_end=259
   _globals['_COLLECTREQUEST']._serialized_start=261
@@ -49,16 +49,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTAGENTSREQUEST']._serialized_end=1026
   _globals['_AGENTINFO']._serialized_start=1028
   _globals['_AGENTINFO']._serialized_end=1147
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=1149
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1256
-  _globals['_GETROUTEREQUEST']._serialized_start=1258
-  _globals['_GETROUTEREQUEST']._serialized_end=1290
-  _globals['_ROUTE']._serialized_start=1292
-  _globals['_ROUTE']._serialized_end=1334
-  _globals['_SETROUTEREQUEST']._serialized_start=1336
-  _globals['_SETROUTEREQUEST']._serialized_end=1388
-  _globals['_GATEWAY']._serialized_start=1490
-  _globals['_GATEWAY']._serialized_end=1720
-  _globals['_GATEWAYADMIN']._serialized_start=1723
-  _globals['_GATEWAYADMIN']._serialized_end=1861
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=1150
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1286
+  _globals['_GETROUTEREQUEST']._serialized_start=1288
+  _globals['_GETROUTEREQUEST']._serialized_end=1320
+  _globals['_ROUTE']._serialized_start=1322
+  _globals['_ROUTE']._serialized_end=1364
+  _globals['_SETROUTEREQUEST']._serialized_start=1366
+  _globals['_SETROUTEREQUEST']._serialized_end=1418
+  _globals['_GATEWAY']._serialized_start=1520
+  _globals['_GATEWAY']._serialized_end=1750
+  _globals['_GATEWAYADMIN']._serialized_start=1753
+  _globals['_GATEWAYADMIN']._serialized_end=1891
 # @@protoc_insertion_point(module_scope)

@@ -348,6 +348,7 @@ class ListAgentsResponse(_message.Message):
     AGENTS_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     RUNS_AHEAD_FIELD_NUMBER: _builtins.int
+    MAX_STREAM_ROLLOUTS_FIELD_NUMBER: _builtins.int
     max_message_bytes: _builtins.int
     """The largest message this gateway takes or sends (its --max-message-mb); 0 from an older gateway. A client
     fails a rollout whose request alone would be larger, instead of sending it and losing the stream.
@@ -355,6 +356,10 @@ class ListAgentsResponse(_message.Message):
     runs_ahead: _builtins.bool
     """This gateway honours CollectRequest.max_running (an older one runs every rollout on arrival, so a client must
     not send it more than it wants running).
+    """
+    max_stream_rollouts: _builtins.int
+    """The most rollouts one Collect stream holds at once (its --max-stream-rollouts): running, waiting for a slot
+    and not yet sent back; 0 from an older gateway. A client wanting more running at once needs more streams.
     """
     @_builtins.property
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentInfo]: ...
@@ -364,10 +369,11 @@ class ListAgentsResponse(_message.Message):
         agents: _abc.Iterable[Global___AgentInfo] | None = ...,
         max_message_bytes: _builtins.int = ...,
         runs_ahead: _builtins.bool = ...,
+        max_stream_rollouts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "max_message_bytes", b"max_message_bytes", "runs_ahead", b"runs_ahead"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "max_message_bytes", b"max_message_bytes", "max_stream_rollouts", b"max_stream_rollouts", "runs_ahead", b"runs_ahead"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
