@@ -191,37 +191,40 @@ def _check_unique(rows: Sequence[Mapping[str, Any]], scored: Sequence[Mapping[st
                              f"{key}; each rollout must be sent once")
 
 
-def perf_summary(records: Sequence[Mapping[str, Any]], total: int) -> dict[str, float] | None:
-    """NeMo Gym's ``compute_perf_summary`` over the rows' ``ng_perf`` dicts (None when there are none)."""
+def perf_summary(records: Sequence[Mapping[str, Any]], total: int) -> dict[str, Number] | None:
+    """NeMo Gym's ``compute_perf_summary`` over the rows' ``ng_perf`` dicts (None when there are none).
+
+    The values keep their JSON type where NeMo Gym's do: a total, min or max (and the median of an odd count) of
+    integer token counts stays an integer."""
     if total <= 0 or not records:
         return None
 
-    def values(key: str) -> list[float]:
-        return [float(r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    def values(key: str) -> list[Number]:
+        return [r[key] for r in records if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)]
 
     def positive(r: Mapping[str, Any]) -> bool:
         value = r.get("token_observability_coverage")
         return isinstance(value, (int, float)) and value > 0
 
-    stat: dict[str, Callable[[list[float]], float]] = {
-        "mean": mean, "median": median, "total": math.fsum, "min": min, "max": max, "p50": lambda v: quantile(v, 0.5),
-        "std": statistics.pstdev,
-        "p90": lambda v: quantile(v, 0.9), "p99": lambda v: quantile(v, 0.99),
+    stat: dict[str, Callable[[list[Number]], Number]] = {
+        "mean": statistics.fmean, "median": statistics.median, "total": sum, "min": min, "max": max,
+        "std": statistics.pstdev, "p50": lambda v: float(quantile(v, 0.5)), "p90": lambda v: float(quantile(v, 0.9)),
+        "p99": lambda v: float(quantile(v, 0.99)),
     }
-    out = {"overall_observability_coverage": len(records) / total,
-           "token_observability_coverage": sum(1 for r in records if positive(r)) / total}
+    out: dict[str, Number] = {"overall_observability_coverage": len(records) / total,
+                              "token_observability_coverage": sum(1 for r in records if positive(r)) / total}
     for key in ("prompt_tokens", "cached_prompt_tokens", "completion_tokens", "reasoning_tokens"):
         if found := values(key):
-            out.update({f"{s}_{key}": float(stat[s](found)) for s in ("mean", "median", "total")})
+            out.update({f"{s}_{key}": stat[s](found) for s in ("mean", "median", "total")})
     if turns := values("num_turns"):
-        out.update({f"{s}_num_turns": float(stat[s](turns)) for s in ("mean", "median", "std", "min", "p90", "max")})
+        out.update({f"{s}_num_turns": stat[s](turns) for s in ("mean", "median", "std", "min", "p90", "max")})
     per_turn = [float(r["completion_tokens"]) / float(r["num_turns"]) for r in records
                 if isinstance(r.get("completion_tokens"), (int, float)) and isinstance(r.get("num_turns"), (int, float))
                 and r["num_turns"] > 0]
     if per_turn:
         out["mean_tokens_per_turn"], out["median_tokens_per_turn"] = mean(per_turn), median(per_turn)
     if latency := values("total_latency_ms"):
-        out.update({f"total_latency_{s}_ms": float(stat[s](latency)) for s in ("p50", "p90", "p99", "mean")})
+        out.update({f"total_latency_{s}_ms": stat[s](latency) for s in ("p50", "p90", "p99", "mean")})
     return out
 
 

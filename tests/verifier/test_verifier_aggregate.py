@@ -24,7 +24,8 @@ CORPUS: dict[str, Any] = json.loads((DATA / "nemo_gym_aggregate_metrics.json").r
 
 
 def _same(ours: Any, theirs: Any, where: str = "answer") -> None:
-    """Equal JSON, numbers to 1e-12 relative (sums in another order differ in the last bits), same keys."""
+    """Equal JSON, numbers to 1e-12 relative (sums in another order differ in the last bits) and of the same JSON
+    type (an integer where NeMo Gym writes one), same keys."""
     if isinstance(theirs, dict):
         assert isinstance(ours, dict) and sorted(ours) == sorted(theirs), f"{where}: keys {sorted(ours)}"
         for key in theirs:
@@ -34,7 +35,7 @@ def _same(ours: Any, theirs: Any, where: str = "answer") -> None:
         for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
             _same(a, b, f"{where}[{i}]")
     elif isinstance(theirs, (int, float)) and not isinstance(theirs, bool):
-        assert isinstance(ours, (int, float)) and not isinstance(ours, bool), f"{where}: {ours!r}"
+        assert type(ours) is type(theirs), f"{where}: {ours!r} vs {theirs!r}"
         assert math.isclose(ours, theirs, rel_tol=1e-12, abs_tol=1e-12), f"{where}: {ours} != {theirs}"
     else:
         assert ours == theirs, f"{where}: {ours!r} != {theirs!r}"
