@@ -38,7 +38,7 @@ from typing import Any
 
 from rollgate.verifier._stats import mean, median, quantile, sample_std, t_interval
 
-__all__ = ["aggregate_metrics", "is_primary_metric"]
+__all__ = ["HookFailed", "MetricsHooks", "aggregate_metrics", "is_primary_metric"]
 
 TASK_INDEX = "_ng_task_index"
 ROLLOUT_INDEX = "_ng_rollout_index"
@@ -58,6 +58,28 @@ _EXCLUDED_SUFFIXES = ("/max", "/min", "/median", "/p5", "/p25", "/p75", "/p95", 
                       "/_ng_attempt_index", "/std_dev_across_runs", "/std_err_across_runs", "/avg_sample_std_dev")
 
 Number = int | float
+
+
+@dataclass(frozen=True)
+class MetricsHooks:
+    """A server's overrides of NeMo Gym's aggregation hooks (``ResourcesServer.compute_metrics`` …); None: default."""
+
+    compute_metrics: Callable[[list[list[dict[str, Any]]]], Any] | None = None
+    get_key_metrics: Callable[[dict[str, Any]], Any] | None = None
+
+
+class HookFailed(Exception):
+    """A server's ``compute_metrics`` or ``get_key_metrics`` raised, or answered something other than a dict."""
+
+
+def _hook(name: str, fn: Callable[[Any], Any], arg: Any) -> dict[str, Any]:
+    try:
+        answer = fn(arg)
+    except Exception as exc:
+        raise HookFailed(f"{name} raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(answer, dict):
+        raise HookFailed(f"{name} must return a dict, got {type(answer).__name__}")
+    return answer
 
 
 def is_primary_metric(name: str) -> bool:
@@ -228,8 +250,12 @@ def perf_summary(records: Sequence[Mapping[str, Any]], total: int) -> dict[str, 
     return out
 
 
-def aggregate_metrics(verify_responses: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """NeMo Gym's default ``AggregateMetrics`` for these verify responses, as a JSON-ready dict."""
+def aggregate_metrics(verify_responses: Sequence[Mapping[str, Any]], hooks: MetricsHooks | None = None,
+                      ) -> dict[str, Any]:
+    """NeMo Gym's ``AggregateMetrics`` for these verify responses, as a JSON-ready dict: its default, with a
+    server's ``compute_metrics`` / ``get_key_metrics`` applied where NeMo Gym applies them (``HookFailed`` when one
+    fails)."""
+    hooks = hooks or MetricsHooks()
     answer: dict[str, Any] = {"group_level_metrics": [], "agent_metrics": {}, "key_metrics": {},
                               "perf_summary": None, "repeat_level_metrics": []}
     if not verify_responses:
@@ -257,8 +283,22 @@ def aggregate_metrics(verify_responses: Sequence[Mapping[str, Any]]) -> dict[str
 
     repeats = _repeat_level(rollouts, columns)
     agent = {**_describe(rollouts, columns), **_across_repeats(repeats), **coverage}
+    if hooks.compute_metrics is not None:
+        tasks: dict[int, list[dict[str, Any]]] = {}
+        for row in scored:
+            tasks.setdefault(_index(row, TASK_INDEX), []).append(dict(row))
+        custom = _hook("compute_metrics", hooks.compute_metrics, [tasks[t] for t in sorted(tasks)])
+        per_task = custom.pop("per_task_metrics", None)
+        if per_task:
+            found = {m[TASK_INDEX]: m for m in per_task if isinstance(m, dict) and TASK_INDEX in m}
+            for group in answer["group_level_metrics"]:
+                group.update({k: v for k, v in found.get(group[TASK_INDEX], {}).items() if k != TASK_INDEX})
+        agent.update(custom)
     agent["num_repeats"] = len({_index(r, ROLLOUT_INDEX) for r in verify_responses})
     answer["agent_metrics"] = agent
-    answer["key_metrics"] = {**{k: v for k, v in agent.items() if k.startswith("mean/")}, **coverage}
+    if hooks.get_key_metrics is not None:
+        answer["key_metrics"] = {**_hook("get_key_metrics", hooks.get_key_metrics, dict(agent)), **coverage}
+    else:
+        answer["key_metrics"] = {**{k: v for k, v in agent.items() if k.startswith("mean/")}, **coverage}
     answer["repeat_level_metrics"] = repeats
     return answer

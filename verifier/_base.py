@@ -103,3 +103,15 @@ class ResourcesServer:
     def verify(self, task: dict[str, Any], response: dict[str, Any]) -> Any:
         """Return a float reward, or a dict with at least ``reward`` and any metrics."""
         raise NotImplementedError
+
+    def compute_metrics(self, tasks: list[list[dict[str, Any]]]) -> dict[str, Any]:
+        """NeMo Gym's hook for ``/aggregate_metrics``: the run's verify answers grouped by task (``tasks[i]``: task
+        i's rollouts, masked ones left out); what it returns is merged into ``agent_metrics``, and a
+        ``per_task_metrics`` list of ``{"_ng_task_index": i, …}`` into that task's ``group_level_metrics``.
+        For pass@k, confidence intervals, anything that needs the whole run. Default: nothing. A plain ``def``."""
+        return {}
+
+    def get_key_metrics(self, agent_metrics: dict[str, Any]) -> dict[str, Any]:
+        """NeMo Gym's hook choosing ``key_metrics`` (the headline numbers) from ``agent_metrics``. Default: every
+        ``mean/…`` entry. A plain ``def``."""
+        return {k: v for k, v in agent_metrics.items() if k.startswith("mean/")}

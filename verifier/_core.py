@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from rollgate.verifier._aggregate import aggregate_metrics
+from rollgate.verifier._aggregate import HookFailed, aggregate_metrics
 from rollgate.verifier._base import Session
 from rollgate.verifier._calls import Handler
 from rollgate.verifier._isolation import Isolation, VerifyLimits
@@ -242,7 +242,11 @@ class VerifierCore:
                 raise InvalidRequest(f'aggregate_metrics needs {{"verify_responses": [objects]}}: {where}: '
                                      f"{first['msg']}") from None
             try:
-                return await self.isolation.in_thread(aggregate_metrics, (rows,), {}, timeout_s=None)
+                return await self.isolation.in_thread(aggregate_metrics, (rows, self.loaded.metrics_hooks), {},
+                                                      timeout_s=None)
+            except HookFailed as exc:
+                log.error("aggregate_metrics: %s", exc, exc_info=exc.__cause__)
+                raise VerifyFailed(f"aggregate_metrics: {exc}") from exc
             except ValueError as exc:
                 raise InvalidRequest(f"aggregate_metrics: {exc}") from None
         try:

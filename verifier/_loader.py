@@ -23,8 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+from rollgate.verifier._aggregate import MetricsHooks
 from rollgate.verifier._base import TOOL_MARK, ResourcesServer
 from rollgate.verifier._builtins import BUILTINS
 from rollgate.verifier._calls import Handler
@@ -58,6 +59,8 @@ class LoadedVerifier:
     seed_hook: Handler | None = None
     close_hook: Handler | None = None
     aggregate_hook: Handler | None = None
+    # NeMo Gym's finer /aggregate_metrics hooks (``compute_metrics``, ``get_key_metrics``) a server overrides.
+    metrics_hooks: MetricsHooks = field(default_factory=lambda: MetricsHooks())
     instance: ResourcesServer | None = None
     # What a reload watcher should watch; empty for built-ins.
     source_files: tuple[Path, ...] = ()
@@ -300,6 +303,14 @@ def _overrides(cls: type, name: str) -> bool:
     return getattr(cls, name) is not getattr(ResourcesServer, name)
 
 
+def _plain_hook(spec: str, cls: type, instance: ResourcesServer, name: str) -> Callable[[Any], Any]:
+    method = getattr(instance, name)
+    if inspect.iscoroutinefunction(method):
+        # They run inside the default aggregation, in a worker thread, as NeMo Gym's run inside its own.
+        raise VerifierLoadError(f"{spec}: {cls.__name__}.{name} must be a plain def, as in NeMo Gym", spec=spec)
+    return cast(Callable[[Any], Any], method)
+
+
 def _from_server(instance: ResourcesServer, module: ModuleType, spec: str, helpers: list[Path]) -> LoadedVerifier:
     cls = type(instance)
     if not _overrides(cls, "verify"):
@@ -338,6 +349,8 @@ def _from_server(instance: ResourcesServer, module: ModuleType, spec: str, helpe
         seed_hook=Handler.of(instance.seed_session, "seed_session") if _overrides(cls, "seed_session") else None,
         close_hook=Handler.of(instance.close_session, "close_session") if _overrides(cls, "close_session") else None,
         aggregate_hook=Handler.of(aggregate, "aggregate_metrics") if callable(aggregate) else None,
+        metrics_hooks=MetricsHooks(**{name: _plain_hook(spec, cls, instance, name)
+                                      for name in ("compute_metrics", "get_key_metrics") if _overrides(cls, name)}),
         instance=instance,
         source_files=tuple(sorted(set(files))),
     )

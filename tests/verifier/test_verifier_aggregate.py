@@ -187,3 +187,53 @@ async def test_a_server_with_its_own_aggregate_metrics_keeps_it(serve: Any, http
     server = await serve(f"{name}:Mine")
     status, answer = await _post(http, server.url, {"verify_responses": [{"reward": 1.0}] * 3})
     assert (status, answer) == (200, {"key_metrics": {"mine": 3}})
+
+
+HOOKED = """
+    from rollgate.verifier import ResourcesServer
+
+    class Hooked(ResourcesServer):
+        def verify(self, task, response):
+            return 1.0
+
+        def compute_metrics(self, tasks):
+            solved = [any(r["reward"] == 1.0 for r in rollouts) for rollouts in tasks]
+            return {"pass@k": sum(solved) / len(solved),
+                    "per_task_metrics": [{"_ng_task_index": rollouts[0]["_ng_task_index"], "solved": ok}
+                                         for rollouts, ok in zip(tasks, solved)]}
+
+        def get_key_metrics(self, agent_metrics):
+            return {"pass@k": agent_metrics["pass@k"]}
+"""
+
+
+async def test_compute_metrics_and_get_key_metrics_hooks_shape_the_default_answer(
+        serve: Any, http: aiohttp.ClientSession, user_module: Any) -> None:
+    server = await serve(f"{user_module(HOOKED)}:Hooked")
+    rows = [_row(0, 0, 1.0), _row(0, 1, 0.0), _row(1, 0, 0.0), _row(1, 1, 0.0)]
+    status, answer = await _post(http, server.url, {"verify_responses": rows})
+    assert status == 200, answer
+    assert answer["agent_metrics"]["pass@k"] == 0.5 and answer["agent_metrics"]["mean/reward"] == 0.25
+    assert answer["key_metrics"] == {"pass@k": 0.5}
+    assert [(g["_ng_task_index"], g["solved"]) for g in answer["group_level_metrics"]] == [(0, True), (1, False)]
+    # The rest is the default answer, untouched.
+    plain = aggregate_metrics(rows)
+    assert {k: v for k, v in answer["agent_metrics"].items() if k != "pass@k"} == plain["agent_metrics"]
+
+
+async def test_a_failing_hook_is_a_500_that_names_it(serve: Any, http: aiohttp.ClientSession,
+                                                      user_module: Any) -> None:
+    broken = HOOKED.replace('return {"pass@k": agent_metrics["pass@k"]}', "return [agent_metrics]")
+    server = await serve(f"{user_module(broken)}:Hooked")
+    status, answer = await _post(http, server.url, {"verify_responses": [_row(0, 0, 1.0)]})
+    assert status == 500
+    assert "get_key_metrics must return a dict, got list" in answer["error"]["message"]
+
+
+def test_an_async_hook_is_refused_at_load(user_module: Any) -> None:
+    from rollgate.verifier._loader import load_target
+    from rollgate.verifier.errors import VerifierLoadError
+
+    name = user_module(HOOKED.replace("def compute_metrics", "async def compute_metrics"))
+    with pytest.raises(VerifierLoadError, match="compute_metrics must be a plain def"):
+        load_target(f"{name}:Hooked")
