@@ -34,7 +34,7 @@ import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from rollgate.verifier._stats import mean, median, quantile, sample_std, t_interval
 
@@ -66,6 +66,7 @@ class MetricsHooks:
 
     compute_metrics: Callable[[list[list[dict[str, Any]]]], Any] | None = None
     get_key_metrics: Callable[[dict[str, Any]], Any] | None = None
+    compute_repeat_metrics: Callable[[list[list[dict[str, Any]]]], Any] | None = None
 
 
 class HookFailed(Exception):
@@ -250,6 +251,42 @@ def perf_summary(records: Sequence[Mapping[str, Any]], total: int) -> dict[str, 
     return out
 
 
+def _by_task(rows: Sequence[Mapping[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The rows grouped by task, in task order (a hook's argument, as NeMo Gym groups them)."""
+    tasks: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        tasks.setdefault(_index(row, TASK_INDEX), []).append(dict(row))
+    return [tasks[t] for t in sorted(tasks)]
+
+
+def _finite(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _repeat_hook(fn: Callable[[Any], Any], scored: Sequence[Mapping[str, Any]], repeats: list[dict[str, Any]],
+                 agent: dict[str, Any], custom: Mapping[str, Any]) -> None:
+    """A server's ``compute_repeat_metrics``, applied as NeMo Gym applies it: run once per repeat on that repeat's
+    rows; each name it returns replaces the generic repeat-level value of that name, is kept only where it is finite
+    for every repeat (and in ``compute_metrics``' answer, if there), and is summarised across repeats again."""
+    by_repeat: dict[int, list[Mapping[str, Any]]] = {}
+    for row in scored:
+        by_repeat.setdefault(_index(row, ROLLOUT_INDEX), []).append(row)
+    answers = [_hook("compute_repeat_metrics", fn, _by_task(by_repeat.get(e[ROLLOUT_INDEX], []))) for e in repeats]
+    names = {name for answer in answers for name in answer}
+    if not names:
+        return
+    for name in names:
+        numbers = [float(v) for answer in answers if _finite(v := answer.get(name))]
+        for entry in repeats:
+            entry.pop(name, None)
+        if (name not in custom or _finite(custom[name])) and len(numbers) == len(answers):
+            for entry, number in zip(repeats, numbers, strict=True):
+                entry[name] = number
+    for name in [k for k in agent if ACROSS_REPEATS in k and k.split(ACROSS_REPEATS, 1)[1] in names]:
+        del agent[name]
+    agent.update(_across_repeats(repeats))
+
+
 def aggregate_metrics(verify_responses: Sequence[Mapping[str, Any]], hooks: MetricsHooks | None = None,
                       ) -> dict[str, Any]:
     """NeMo Gym's ``AggregateMetrics`` for these verify responses, as a JSON-ready dict: its default, with a
@@ -283,11 +320,9 @@ def aggregate_metrics(verify_responses: Sequence[Mapping[str, Any]], hooks: Metr
 
     repeats = _repeat_level(rollouts, columns)
     agent = {**_describe(rollouts, columns), **_across_repeats(repeats), **coverage}
+    custom: dict[str, Any] = {}
     if hooks.compute_metrics is not None:
-        tasks: dict[int, list[dict[str, Any]]] = {}
-        for row in scored:
-            tasks.setdefault(_index(row, TASK_INDEX), []).append(dict(row))
-        custom = _hook("compute_metrics", hooks.compute_metrics, [tasks[t] for t in sorted(tasks)])
+        custom = _hook("compute_metrics", hooks.compute_metrics, _by_task(scored))
         per_task = custom.pop("per_task_metrics", None)
         if per_task:
             found = {m[TASK_INDEX]: m for m in per_task if isinstance(m, dict) and TASK_INDEX in m}
@@ -300,5 +335,8 @@ def aggregate_metrics(verify_responses: Sequence[Mapping[str, Any]], hooks: Metr
         answer["key_metrics"] = {**_hook("get_key_metrics", hooks.get_key_metrics, dict(agent)), **coverage}
     else:
         answer["key_metrics"] = {**{k: v for k, v in agent.items() if k.startswith("mean/")}, **coverage}
+    if hooks.compute_repeat_metrics is not None and repeats:
+        # After key_metrics, as NeMo Gym does: its per-repeat numbers replace the generic ones of the same name.
+        _repeat_hook(hooks.compute_repeat_metrics, scored, repeats, agent, custom)
     answer["repeat_level_metrics"] = repeats
     return answer

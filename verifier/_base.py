@@ -111,6 +111,12 @@ class ResourcesServer:
         For pass@k, confidence intervals, anything that needs the whole run. Default: nothing. A plain ``def``."""
         return {}
 
+    def compute_repeat_metrics(self, tasks: list[list[dict[str, Any]]]) -> dict[str, Any]:
+        """NeMo Gym's per-repeat hook for ``/aggregate_metrics``: called once per repeat with that repeat's answers
+        grouped by task; each number it returns replaces the generic repeat-level one of that name (kept where it
+        is finite for every repeat) and is summarised across repeats. Default: nothing. A plain ``def``."""
+        return {}
+
     def get_key_metrics(self, agent_metrics: dict[str, Any]) -> dict[str, Any]:
         """NeMo Gym's hook choosing ``key_metrics`` (the headline numbers) from ``agent_metrics``. Default: every
         ``mean/…`` entry. A plain ``def``."""

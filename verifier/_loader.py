@@ -350,7 +350,8 @@ def _from_server(instance: ResourcesServer, module: ModuleType, spec: str, helpe
         close_hook=Handler.of(instance.close_session, "close_session") if _overrides(cls, "close_session") else None,
         aggregate_hook=Handler.of(aggregate, "aggregate_metrics") if callable(aggregate) else None,
         metrics_hooks=MetricsHooks(**{name: _plain_hook(spec, cls, instance, name)
-                                      for name in ("compute_metrics", "get_key_metrics") if _overrides(cls, name)}),
+                                      for name in ("compute_metrics", "get_key_metrics", "compute_repeat_metrics")
+                                      if _overrides(cls, name)}),
         instance=instance,
         source_files=tuple(sorted(set(files))),
     )

@@ -4,7 +4,7 @@
         .nemo-gym-venv/0.7.0/bin/python tests/compat/nemo_aggregate.py
 
 Calls ``nemo_gym.reward_profile.compute_aggregate_metrics(rows, compute_metrics_fn=…, get_key_metrics_fn=…)``
-with the hooks module's two functions, as ``SimpleResourcesServer.aggregate_metrics`` does, and prints the answer
+with the hooks module's three functions, as ``SimpleResourcesServer.aggregate_metrics`` does, and prints the answer
 (``AggregateMetrics``) as JSON. Imports go through importlib so that this file type-checks where NeMo Gym is not
 installed.
 """
@@ -27,7 +27,8 @@ def main() -> int:
     found.loader.exec_module(hooks)
     profile: Any = importlib.import_module("nemo_gym.reward_profile")
     answer = profile.compute_aggregate_metrics(spec["rows"], compute_metrics_fn=hooks.compute_metrics,
-                                               get_key_metrics_fn=hooks.get_key_metrics)
+                                               get_key_metrics_fn=hooks.get_key_metrics,
+                                               compute_repeat_metrics_fn=hooks.compute_repeat_metrics)
     print(json.dumps(answer.model_dump(mode="json")))
     return 0
 

@@ -1,4 +1,5 @@
-"""A verifier's ``compute_metrics`` / ``get_key_metrics`` shape ``/aggregate_metrics`` as NeMo Gym 0.7's do.
+"""A verifier's ``compute_metrics`` / ``get_key_metrics`` / ``compute_repeat_metrics`` shape ``/aggregate_metrics``
+as NeMo Gym 0.7's do.
 
 The same hook functions (``metrics_hooks_sample.py``) and the same rows go through NeMo Gym's own
 ``compute_aggregate_metrics`` (``nemo_aggregate.py``, in its venv) and through ours; the answers must be equal,
@@ -37,7 +38,11 @@ def test_the_hooks_give_nemo_gyms_answer(nemo_venv: Path, tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr[-4000:]
     theirs = json.loads(done.stdout.splitlines()[-1])
     hooks = MetricsHooks(compute_metrics=metrics_hooks_sample.compute_metrics,
-                         get_key_metrics=metrics_hooks_sample.get_key_metrics)
+                         get_key_metrics=metrics_hooks_sample.get_key_metrics,
+                         compute_repeat_metrics=metrics_hooks_sample.compute_repeat_metrics)
     ours = aggregate_metrics(rows, hooks)
     _same(ours, theirs)
     assert theirs["key_metrics"]["pass@k"] == 0.75 and theirs["group_level_metrics"][0]["solved"] is True
+    assert [e["pass@1"] for e in theirs["repeat_level_metrics"]] == [0.25, 0.25, 0.25]
+    assert "mean_across_repeats/pass@1" in theirs["agent_metrics"]
+    assert all(e["mean/score"] > 1000 for e in theirs["repeat_level_metrics"])

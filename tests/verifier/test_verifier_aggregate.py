@@ -204,6 +204,9 @@ HOOKED = """
 
         def get_key_metrics(self, agent_metrics):
             return {"pass@k": agent_metrics["pass@k"]}
+
+        def compute_repeat_metrics(self, tasks):
+            return {"solved_tasks": sum(r["reward"] for rollouts in tasks for r in rollouts)}
 """
 
 
@@ -216,9 +219,12 @@ async def test_compute_metrics_and_get_key_metrics_hooks_shape_the_default_answe
     assert answer["agent_metrics"]["pass@k"] == 0.5 and answer["agent_metrics"]["mean/reward"] == 0.25
     assert answer["key_metrics"] == {"pass@k": 0.5}
     assert [(g["_ng_task_index"], g["solved"]) for g in answer["group_level_metrics"]] == [(0, True), (1, False)]
+    assert [e["solved_tasks"] for e in answer["repeat_level_metrics"]] == [1.0, 0.0]
+    assert answer["agent_metrics"]["mean_across_repeats/solved_tasks"] == 0.5
     # The rest is the default answer, untouched.
     plain = aggregate_metrics(rows)
-    assert {k: v for k, v in answer["agent_metrics"].items() if k != "pass@k"} == plain["agent_metrics"]
+    assert {k: v for k, v in answer["agent_metrics"].items() if "pass@k" not in k and "solved_tasks" not in k} \
+        == plain["agent_metrics"]
 
 
 async def test_a_failing_hook_is_a_500_that_names_it(serve: Any, http: aiohttp.ClientSession,
