@@ -8,13 +8,16 @@ a real gateway; ``tests/compat/test_backend_extras_with_nemo.py`` compares with 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import orjson
 import pytest
 
+from rollgate import gateway
 from rollgate._backend_params import metadata_as_text, metadata_objects
+from rollgate.gateway import Security
 from rollgate.gateway._config import ModelEndpoint
 from rollgate.gateway._convert import responses_to_chat
 from rollgate.gateway._extras import with_extras
@@ -22,7 +25,7 @@ from rollgate.gateway._token_prompts import completions_body
 from rollgate.gateway.errors import InputError
 from rollgate.protos.rollgate.v1 import gateway_pb2 as pb
 from tests.fakes import FakeModelServer, FakeResourcesServer
-from tests.gateway.gw_helpers import collect, make_config, req, running_gateway, task
+from tests.gateway.gw_helpers import collect, live_gateway, make_config, req, running_gateway, task
 
 VLLM_SAMPLING = {"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1, "min_tokens": 2, "stop_token_ids": [7],
                  "ignore_eos": False, "skip_special_tokens": False}
@@ -116,3 +119,21 @@ async def test_the_model_gets_the_extras_through_the_gateway(fake_model: FakeMod
     assert "'metadata.extra_body' is not valid JSON" in failed.error.message
     assert len(fake_model.bodies) == 2  # the bad row never reached the model ...
     assert fake_resources.requests["seed_session"] == 2  # ... nor opened a session
+
+
+async def test_gateway_set_changes_an_agents_extras_live(monkeypatch: pytest.MonkeyPatch,
+                                                        fake_model: FakeModelServer,
+                                                        fake_resources: FakeResourcesServer) -> None:
+    admin = "admin-secret-for-backend-extras"
+    monkeypatch.setenv("ROLLGATE_ADMIN_TOKEN", admin)
+    config = make_config(fake_model.base_url, fake_resources.url, model={"extra_body": {"top_k": 5}})
+    async with live_gateway(config, security=Security(admin_token=admin)) as gw:
+        await collect(gw.stub, [req("before", task("say: 1", "1"))])
+        code = await asyncio.to_thread(gateway.main, [
+            "set", "a", "+model.extra_body.top_k=33", "+model.chat_template_kwargs.enable_thinking=false",
+            f"+gateway=127.0.0.1:{gw.port}"])
+        assert code == 0
+        await collect(gw.stub, [req("after", task("say: 2", "2"))])
+    before, after = fake_model.bodies[-2:]
+    assert before["top_k"] == 5 and "chat_template_kwargs" not in before
+    assert after["top_k"] == 33 and after["chat_template_kwargs"] == {"enable_thinking": False}
