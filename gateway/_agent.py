@@ -138,6 +138,8 @@ class _Run:
         self.scope = scope
         # Training mode: the token-exactness check across its model calls (created at its first training call).
         self.tokens: PrefixCheck | None = None
+        # Its params' metadata extras (``_extras``), read once when the rollout starts.
+        self.meta: dict[str, dict[str, Any]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +200,8 @@ class GatewayCore:
         self._generation = 0
         self._swap_lock = asyncio.Lock()
         self._tokens = itertools.count()
-        self.in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # Rollouts running now (``wait_idle``).
+        self.rollouts = Tally()
         self.draining = asyncio.Event()
         # Open Collect streams: a drain waits for them to end (each tells its client the gateway is shutting down
         # once its last result is out), not only for the rollouts, before the server cuts what is left.
@@ -310,9 +311,14 @@ class GatewayCore:
         """Stop taking new rollouts (streams finish what they started); see ``wait_idle``."""
         self.draining.set()
 
+    @property
+    def in_flight(self) -> int:
+        """How many rollouts are running now."""
+        return self.rollouts.count
+
     async def wait_idle(self) -> None:
         """Return once no rollout is in flight."""
-        await self._idle.wait()
+        await self.rollouts.wait_zero()
 
     async def run_rollout(self, request: RolloutRequest) -> RolloutOutcome:
         """Run one rollout to its outcome; failures are returned, not raised."""
@@ -324,16 +330,13 @@ class GatewayCore:
         scope_token = retry_scope_var.set(run.scope)
         out = run.outcome
         token = next(self._tokens)
-        self.in_flight += 1
-        self._idle.clear()
+        self.rollouts.enter()
         self.metrics.rollout_started(token, label)
         try:
             await self._run_outer(request, route, run)
         finally:
             out.timings.total_s = time.perf_counter() - start
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self._idle.set()
+            self.rollouts.leave()
             self.metrics.rollout_done(token, label, out)
             retry_scope_var.reset(scope_token)
             rollout_id_var.reset(ctx_token)
@@ -383,7 +386,7 @@ class GatewayCore:
         params = {**agent.default_params, **params, "model": agent.model.name}
         try:
             conversation = input_items(params.get("input"))
-            metadata_objects(params)  # bad backend extras fail the rollout here, before a session is seeded
+            run.meta = metadata_objects(params)  # bad backend extras fail the rollout here, before a session opens
             params = metadata_as_text(params)
         except ValueError as exc:
             raise InputError(f"responses_create_params: {exc}", kind="invalid_request", attempts=0) from None
@@ -480,7 +483,7 @@ class GatewayCore:
                                      f"completions", kind="invalid_request", attempts=0)
                 await route.training.ensure(self.http, route.model.headers)
             response, attempts = await route.model.create(params, training=training,
-                                                          tokens=run.tokens if training else None)
+                                                          tokens=run.tokens if training else None, meta=run.meta)
         except RolloutFailure as exc:
             out.attempts += exc.attempts
             raise

@@ -16,18 +16,19 @@ from typing import Any
 
 import orjson
 
-__all__ = ["chat_to_response", "first_choice", "input_items", "responses_to_chat"]
+__all__ = ["VLLM_SAMPLING", "chat_to_response", "first_choice", "input_items", "responses_to_chat"]
 
+# vLLM's (and SGLang's) extra sampling parameters, sent as they are on the chat and the completions path: a backend
+# that does not know one says so (OpenAI answers 400), which beats sampling other than asked.
+VLLM_SAMPLING = ("top_k", "min_p", "repetition_penalty", "length_penalty", "min_tokens", "stop_token_ids",
+                 "ignore_eos", "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens")
 # Responses params that Chat Completions takes under the same name and meaning.
 _SAME = frozenset({
     "temperature", "top_p", "seed", "parallel_tool_calls", "top_logprobs", "logprobs", "stop",
     "frequency_penalty", "presence_penalty", "user", "logit_bias",
     # vLLM/SGLang extensions RL users ask for: token ids come back on the message part and the response.
     "return_token_ids", "return_tokens_as_token_ids", "prompt_logprobs",
-    # vLLM's (and SGLang's) extra sampling and template parameters, sent as they are: a backend that does not
-    # know one says so (OpenAI answers 400), which beats sampling other than asked.
-    *("top_k", "min_p", "repetition_penalty", "length_penalty", "min_tokens", "stop_token_ids", "ignore_eos",
-      "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens", "chat_template_kwargs"),
+    *VLLM_SAMPLING, "chat_template_kwargs",
 })
 # Consumed by the conversion itself, or meaningless for one non-streamed call.
 # ``metadata`` is read for its backend extras (``_extras``), as NeMo Gym's vLLM server reads it, and not sent.

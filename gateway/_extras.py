@@ -11,6 +11,7 @@ an ``extra_body`` holds. ``tests/compat/test_backend_extras_with_nemo.py`` check
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rollgate._backend_params import metadata_objects
@@ -20,12 +21,16 @@ from rollgate.gateway.errors import InputError
 __all__ = ["with_extras"]
 
 
-def with_extras(body: dict[str, Any], params: dict[str, Any], model: ModelEndpoint) -> dict[str, Any]:
-    """``body`` with the extras merged in (a new dict when there are any); ``InputError`` for bad metadata."""
-    try:
-        meta = metadata_objects(params)
-    except ValueError as exc:
-        raise InputError(f"responses_create_params: {exc}", kind="invalid_request", attempts=0) from None
+def with_extras(body: dict[str, Any], params: dict[str, Any], model: ModelEndpoint,
+                meta: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``body`` with the extras merged in (a new dict when there are any); ``InputError`` for bad metadata.
+
+    ``meta``: ``params``' metadata extras already read (a rollout reads them once, not once per model call)."""
+    if meta is None:
+        try:
+            meta = metadata_objects(params)
+        except ValueError as exc:
+            raise InputError(f"responses_create_params: {exc}", kind="invalid_request", attempts=0) from None
     extras = model.extra_body | meta.get("extra_body", {})
     meta_kwargs = meta.get("chat_template_kwargs", {})
     if not extras and not model.chat_template_kwargs and not meta_kwargs:

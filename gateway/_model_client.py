@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from rollgate.gateway._backends import BackendPool, Result
@@ -80,12 +80,14 @@ class ModelClient:
                         self.agent, ", ".join(new))
 
     async def create(self, params: dict[str, Any], *, training: bool | None = None,
-                     tokens: PrefixCheck | None = None) -> tuple[dict[str, Any], int]:
+                     tokens: PrefixCheck | None = None,
+                     meta: Mapping[str, dict[str, Any]] | None = None) -> tuple[dict[str, Any], int]:
         """One model call (retried on transient failures): the Responses object and the attempts made.
 
         ``training`` (default: the agent's own) asks for token ids and log-probs and attaches them. ``tokens``:
         the rollout's calls so far; with ``model.token_prompts`` a training call after a training call continues
-        their tokens on ``/v1/completions`` (``_token_prompts``)."""
+        their tokens on ``/v1/completions`` (``_token_prompts``). ``meta``: ``params``' metadata extras, when the
+        caller has read them already (``_extras``)."""
         if self.cfg.model.api == "responses":
             body = {k: v for k, v in params.items() if k != "stream"}  # one JSON answer, never SSE
             path = "/responses"
@@ -94,7 +96,7 @@ class ModelClient:
             if dropped:
                 self._warn_dropped(dropped)
             path = "/chat/completions"
-        body = with_extras(body, params, self.cfg.model)
+        body = with_extras(body, params, self.cfg.model, meta)
         if training is None:
             training = self.cfg.training
         keep_logprobs = False

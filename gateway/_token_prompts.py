@@ -34,7 +34,7 @@ import re
 import uuid
 from typing import Any, Literal
 
-from rollgate.gateway._convert import first_choice
+from rollgate.gateway._convert import VLLM_SAMPLING, first_choice
 
 __all__ = ["MAX_GLUE_TOKENS", "ReasoningParser", "ToolCallFormat", "build_prompt", "chat_answer", "completions_body",
            "parse_tool_calls", "prefix_messages", "split_reasoning", "tokenize_body"]
@@ -47,9 +47,7 @@ MAX_GLUE_TOKENS = 4
 _BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
 # Sampling parameters a chat body shares with /v1/completions under the same name and meaning.
 _SAMPLING = ("temperature", "top_p", "seed", "stop", "frequency_penalty", "presence_penalty", "user", "logit_bias",
-             "return_tokens_as_token_ids", "top_k", "min_p", "repetition_penalty", "length_penalty", "min_tokens",
-             "stop_token_ids", "ignore_eos", "include_stop_str_in_output", "skip_special_tokens",
-             "spaces_between_special_tokens")
+             "return_tokens_as_token_ids", *VLLM_SAMPLING)
 
 
 def prefix_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
